@@ -69,7 +69,9 @@ def up_to_date(state: dict) -> bool:
         recorded = json.loads(MARKER.read_text(encoding="utf-8"))
     except ValueError:
         return False
-    keys = ["requirements", "python", "host_torch_dirs"] + (["dev_requirements"] if state["dev_requirements"] else [])
+    keys = ["requirements", "python", "host_torch_dirs"] + (
+        ["dev_requirements"] if state["dev_requirements"] else []
+    )
     return all(recorded.get(k) == state[k] for k in keys)
 
 
@@ -111,7 +113,13 @@ def create_or_update(dev: bool) -> None:
     if dev:
         cmd += ["-r", str(DEV_REQUIREMENTS)]
     run(cmd)
-    run([str(venv_python()), "-c", "import torch, diffusers, transformers, peft, safetensors; print('trainer imports ok')"])
+    run(
+        [
+            str(venv_python()),
+            "-c",
+            "import torch, diffusers, transformers, peft, safetensors; print('trainer imports ok')",
+        ]
+    )
     MARKER.write_text(json.dumps(state, indent=1), encoding="utf-8")
     log("trainer environment ready")
 
@@ -138,4 +146,3 @@ else:
             main([])
     except Exception as exc:  # noqa: BLE001
         log(f"install step failed: {exc}")
-

@@ -77,9 +77,10 @@ def test_exported_names_exist_in_full_size_architecture(family):
 
 def test_sd1_proj_in_is_a_conv_lora_with_kohya_shapes():
     """SD1's proj_in/proj_out are 1x1 convolutions: kohya writes 4-D down/up weights for them."""
+    from diffusers import UNet2DConditionModel
+
     from lib_trainer.export.kohya_keys import export_kohya_state_dict
     from lib_trainer.models.tiny import build_random_state_dict  # noqa: F401 - tiny config source
-    from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel(**_unet("sd1", "tiny"))
     add_lora(unet, UNET_TARGETS, 4, 2)

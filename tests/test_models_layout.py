@@ -38,7 +38,9 @@ def test_tiny_checkpoint_round_trips_through_loader(tmp_path, family):
     dropped = set()
     if family == "sd2":  # SD2 trains on OpenCLIP's penultimate layer: the last block is not loaded
         last = base.arch.text_encoders[0].config["num_hidden_layers"]
-        dropped = {k for k in original if f"transformer.resblocks.{last}." in k or k.endswith("text_projection")}
+        dropped = {
+            k for k in original if f"transformer.resblocks.{last}." in k or k.endswith("text_projection")
+        }
     dropped |= {k for k in original if k.endswith("logit_scale")}
     assert set(rebuilt) == set(original) - dropped
     for key, value in rebuilt.items():
@@ -65,7 +67,10 @@ def test_full_size_unet_layout_matches_diffusers_converter(family):
     config, shapes, unet = _meta_unet_ldm_shapes(family)
     # Known landmarks of the real files, as the WebUI names them.
     if family == "sdxl":
-        assert shapes["model.diffusion_model.input_blocks.4.1.transformer_blocks.1.attn2.to_k.weight"] == (640, 2048)
+        assert shapes["model.diffusion_model.input_blocks.4.1.transformer_blocks.1.attn2.to_k.weight"] == (
+            640,
+            2048,
+        )
         assert shapes["model.diffusion_model.label_emb.0.0.weight"] == (1280, 2816)
         assert "model.diffusion_model.output_blocks.2.2.conv.weight" in shapes
     else:
@@ -82,7 +87,11 @@ def test_full_size_unet_layout_matches_diffusers_converter(family):
         "cross_attention_dim",
         "use_linear_projection",
     ):
-        assert list(inferred[key]) == list(config[key]) if isinstance(config[key], (list, tuple)) else inferred[key] == config[key], key
+        assert (
+            list(inferred[key]) == list(config[key])
+            if isinstance(config[key], (list, tuple))
+            else inferred[key] == config[key]
+        ), key
     if family == "sdxl":
         assert inferred["addition_time_embed_dim"] == 256
         assert list(inferred["transformer_layers_per_block"]) == [1, 2, 10]
@@ -104,7 +113,7 @@ def test_prediction_type_from_sidecar_yaml(tmp_path):
     path = write_random_checkpoint(tmp_path / "m.safetensors", "sd2")
     shapes, meta = read_safetensors_header(path)
     assert analyse_checkpoint(shapes, meta, path).prediction_type == "epsilon"
-    (tmp_path / "m.yaml").write_text("model:\n  params:\n    parameterization: \"v\"\n")
+    (tmp_path / "m.yaml").write_text('model:\n  params:\n    parameterization: "v"\n')
     info = analyse_checkpoint(shapes, meta, path)
     assert info.prediction_type == "v_prediction" and "yaml" in info.prediction_source
     assert analyse_checkpoint(shapes, meta, path, prediction_type="epsilon").prediction_type == "epsilon"

@@ -18,7 +18,9 @@ UNET_TARGETS = (
 TEXT_ENCODER_TARGETS = r".*encoder\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))"
 
 
-def add_lora(model: torch.nn.Module, target_regex: str, rank: int, alpha: float, dropout: float = 0.0) -> None:
+def add_lora(
+    model: torch.nn.Module, target_regex: str, rank: int, alpha: float, dropout: float = 0.0
+) -> None:
     """Inject LoRA layers in place; kohya's init (A: kaiming-uniform, B: zeros) is peft's default too."""
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -55,7 +57,9 @@ def load_lora_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
     missing = [n for n in params if ".lora_" in n and n not in state]
     unknown = [n for n in state if n not in params]
     if missing or unknown:
-        raise ValueError(f"saved LoRA state does not match this model (missing {missing[:3]}, unknown {unknown[:3]})")
+        raise ValueError(
+            f"saved LoRA state does not match this model (missing {missing[:3]}, unknown {unknown[:3]})"
+        )
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value)

@@ -1,0 +1,280 @@
+"""Set a job up (models, data, LoRA layers, optimizer) and run it with full error reporting.
+
+`run_job` is the one entry point the CLI and the WebUI's job manager use. Its exit code and the last event
+in events.jsonl tell what happened: 0 done, 2 bad input (nothing written to the output folder), 3 cancelled
+(state saved, resumable), 1 failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from ..data.buckets import BucketManager, validate_bucket_settings
+from ..data.errors import DatasetError
+from ..data.latent_cache import LatentCache
+from ..data.scan import scan_dataset
+from ..models.arch import ModelFormatError
+from ..spec import JobSpec, SpecError
+from . import outputs
+from .dataset_prep import LatentSource, assign_buckets, default_cache_dir
+from .events import EventWriter
+from .lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, lora_parameters
+from .optimizers import TrainingConfigError, build_optimizer
+from .preflight import PreflightError, preflight
+from .runner import (
+    EXIT_BAD_INPUT,
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_OK,
+    StopRequested,
+    TrainContext,
+    precision_dtypes,
+    restore,
+    save_resume_state,
+    steps_plan,
+    train_loop,
+    write_job_file,
+)
+from .schedulers import build_scheduler, resolve_warmup_steps
+
+log = logging.getLogger("lib_trainer")
+USER_ERRORS = (SpecError, PreflightError, DatasetError, ModelFormatError, TrainingConfigError)
+
+
+def enforce_offline() -> None:
+    """The trainer never downloads: make every Hugging Face library fail instead of reaching out."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "DIFFUSERS_OFFLINE"):
+        os.environ[var] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def quiet_libraries() -> None:
+    """diffusers/transformers warn about things that are expected here (dtype casts of frozen modules,
+    no torchvision); our own events say what matters, so their chatter would only bury it."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def _resolution(spec: JobSpec) -> tuple[int, int]:
+    res = spec.training.resolution
+    return (res, res) if isinstance(res, int) else (int(res[0]), int(res[1]))
+
+
+def prepare_data(ctx: TrainContext) -> None:
+    spec, arch = ctx.spec, ctx.resolved.arch
+    scan = scan_dataset(
+        ctx.resolved.dataset_dir,
+        caption_extension=spec.dataset.caption_extension,
+        trigger_word=spec.dataset.trigger_word,
+    )
+    for warning in scan.warnings:
+        ctx.events.emit("warning", message=warning)
+    width, height = _resolution(spec)
+    step = spec.dataset.bucket_reso_steps or arch.bucket_step
+    max_reso = spec.dataset.max_bucket_reso or (2048 if arch.is_sdxl else 1024)
+    if spec.dataset.enable_bucket:
+        validate_bucket_settings(
+            (width, height), spec.dataset.min_bucket_reso, max_reso, step, arch.bucket_step
+        )
+        manager = BucketManager(
+            (width, height), spec.dataset.min_bucket_reso, max_reso, step, spec.dataset.bucket_no_upscale
+        )
+    else:
+        manager = BucketManager(
+            (width, height), min(width, height), max(width, height), step, False, fixed=True
+        )
+    ctx.data = assign_buckets(scan, manager, spec.training.batch_size, spec.training.seed)
+    ctx.scan = scan
+    ctx.events.emit("info", message="buckets:\n" + ctx.data.bucket_summary())
+
+
+def cache_latents(ctx: TrainContext) -> None:
+    spec = ctx.spec
+    mode = spec.dataset.cache_latents
+    disk = None
+    if mode == "disk":
+        disk = (
+            Path(spec.dataset.cache_dir)
+            if spec.dataset.cache_dir
+            else default_cache_dir(ctx.resolved.dataset_dir)
+        )
+    vae = ctx.base.vae
+    vae_id = outputs.vae_identity(ctx)
+    cache = LatentCache(disk, vae_id) if mode != "off" else None
+    ctx.latents = LatentSource(ctx.data, vae, cache, ctx.device, cache_on=mode != "off")
+    if mode == "off":
+        return
+    flips = (False, True) if spec.dataset.flip_aug else (False,)
+    started = time.time()
+    last = [0.0]
+
+    def report(done: int, total: int) -> None:
+        if time.time() - last[0] > 1.0 or done == total:
+            last[0] = time.time()
+            ctx.events.emit(
+                "info", message=f"caching latents {done}/{total}", stage="cache", done=done, total=total
+            )
+
+    ctx.latents.warm(flips, report)
+    ctx.events.emit("info", message=f"latents ready in {time.time() - started:.1f}s", stage="cache")
+
+
+def setup_models(ctx: TrainContext) -> None:
+    from ..models.loader import load_base_model
+    from .noise import make_noise_scheduler
+
+    spec, resolved = ctx.spec, ctx.resolved
+    base = load_base_model(
+        resolved.checkpoint,
+        resolved.vae,
+        prediction_type=spec.model.prediction_type,
+        model_type=spec.model.model_type,
+    )
+    ctx.base = base
+    ctx.weight_dtype, ctx.autocast_dtype = precision_dtypes(spec.training.mixed_precision, ctx.device)
+    base.vae.to(ctx.device, torch.float32).requires_grad_(False).eval()
+    base.unet.to(ctx.device, ctx.weight_dtype).requires_grad_(False)
+    for encoder in base.text_encoders:
+        encoder.to(ctx.device, ctx.weight_dtype).requires_grad_(False).eval()
+    if spec.training.attention == "xformers":
+        base.unet.enable_xformers_memory_efficient_attention()
+    ctx.noise_scheduler = make_noise_scheduler(base.arch.prediction_type)
+
+
+def add_networks(ctx: TrainContext) -> None:
+    spec, base = ctx.spec, ctx.base
+    net = spec.network
+    alpha = net.alpha if net.alpha is not None else net.rank
+    groups = []
+    if net.train_unet:
+        add_lora(base.unet, UNET_TARGETS, net.rank, alpha, net.dropout)
+        groups.append({"params": lora_parameters(base.unet), "lr": spec.training.learning_rate})
+        if spec.training.gradient_checkpointing:
+            base.unet.enable_gradient_checkpointing()
+    if net.train_text_encoder:
+        te_lr = spec.training.text_encoder_lr or spec.training.learning_rate
+        for encoder in base.text_encoders:
+            add_lora(encoder, TEXT_ENCODER_TARGETS, net.rank, alpha, net.dropout)
+            groups.append({"params": lora_parameters(encoder), "lr": te_lr})
+            if spec.training.gradient_checkpointing:
+                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for group in groups:  # trainable weights stay fp32 under autocast (kohya does the same)
+        for p in group["params"]:
+            p.data = p.data.float()
+    ctx.optimizer = build_optimizer(
+        spec.training.optimizer,
+        groups,
+        lr=spec.training.learning_rate,
+        device_type=ctx.device.type,
+        extra_args=spec.training.optimizer_args,
+    )
+    per_epoch, total, epochs = steps_plan(spec, len(ctx.data.batches(0)))
+    ctx.steps_per_epoch, ctx.total_steps, ctx.num_epochs = per_epoch, total, epochs
+    ctx.lr_scheduler = build_scheduler(
+        spec.training.lr_scheduler,
+        ctx.optimizer,
+        total_steps=total,
+        warmup_steps=resolve_warmup_steps(spec.training.lr_warmup_steps, total),
+        num_cycles=spec.training.lr_scheduler_num_cycles,
+        power=spec.training.lr_scheduler_power,
+    )
+
+
+def run_job(
+    spec: JobSpec,
+    job_dir: Path,
+    *,
+    resume: bool = False,
+    stop_at_step: int | None = None,
+    echo=None,
+) -> int:
+    """Run (or resume) a job to the end; never raises for user mistakes, reports them as events."""
+    from .runner import _StopSignals
+
+    enforce_offline()
+    quiet_libraries()
+    job_dir = Path(job_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    events = EventWriter(job_dir / "events.jsonl", echo=echo)
+    ctx = None
+    try:
+        resolved = preflight(spec)
+        ctx = TrainContext(
+            spec=spec, resolved=resolved, job_dir=job_dir, events=events, stop_at_step=stop_at_step
+        )
+        if not resume:
+            write_job_file(job_dir, spec)
+        events.emit(
+            "start",
+            name=spec.name,
+            resume=resume,
+            model=str(resolved.checkpoint),
+            model_type=resolved.arch.model_type_label,
+            prediction_type=resolved.arch.prediction_type,
+            device=str(resolved.device),
+        )
+        torch.manual_seed(spec.training.seed)
+        ctx.noise_generator.manual_seed(spec.training.seed)
+        ctx.caption_rng = random.Random(spec.training.seed)
+        prepare_data(ctx)
+        setup_models(ctx)
+        cache_latents(ctx)
+        add_networks(ctx)
+        if resume:
+            restore(ctx)
+            events.emit("info", message=f"resumed at step {ctx.progress.global_step}/{ctx.total_steps}")
+        else:
+            ctx.progress.training_started_at = time.time()
+            ctx.progress.output_name = outputs.choose_output_name(resolved.output_dir, spec.name)
+        events.emit(
+            "info",
+            message=f"training {ctx.total_steps} steps over {ctx.num_epochs} epochs",
+            total_steps=ctx.total_steps,
+            total_epochs=ctx.num_epochs,
+            steps_per_epoch=ctx.steps_per_epoch,
+            output_name=ctx.progress.output_name,
+        )
+        with _StopSignals(ctx):
+            train_loop(ctx)
+        files = outputs.save_final(ctx)
+        ctx.progress.finished = True
+        save_resume_state(ctx)
+        events.emit("done", files=files, output_name=ctx.progress.output_name, steps=ctx.progress.global_step)
+        return EXIT_OK
+    except StopRequested:
+        return _cancel(ctx, events)
+    except USER_ERRORS as exc:
+        events.emit("error", message=str(exc), field=getattr(exc, "field", None), kind="input")
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # noqa: BLE001 - the event stream must always end with a reason
+        events.emit(
+            "error", message=f"{type(exc).__name__}: {exc}", kind="crash", traceback=traceback.format_exc()
+        )
+        return EXIT_FAILED
+    finally:
+        events.close()
+
+
+def _cancel(ctx: TrainContext, events: EventWriter) -> int:
+    files = []
+    if ctx.spec.output.save_lora_on_cancel:
+        files = outputs.save_cancelled(ctx)
+    state_dir = save_resume_state(ctx) if ctx.spec.output.save_state_on_cancel else None
+    events.emit(
+        "cancelled",
+        reason=ctx.stop_reason,
+        step=ctx.progress.global_step,
+        files=files,
+        resumable=state_dir is not None,
+    )
+    return EXIT_CANCELLED

@@ -1,0 +1,228 @@
+"""What a job leaves behind: LoRA files with full metadata, the Lora-card sidecar, samples, resume state.
+
+Files are named like kohya's (`NAME-000001.safetensors` per epoch, `NAME.safetensors` final) and the stem is
+chosen once per job so it is unique in the output folder: the WebUI caches LoRAs by file name, so a new
+job must never reuse or overwrite an old name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import torch
+
+from ..export.kohya_keys import export_kohya_state_dict
+from ..export.lora_file import save_lora, write_lora_sidecar_json
+from ..export.metadata import LoraTrainingInfo, add_modelspec, build_lora_metadata
+from ..spec import spec_to_dict
+from .lora import load_lora_state_dict, lora_state_dict
+from .optimizers import describe_optimizer
+from .sampling import SampleRequest, generate_samples
+from .schedulers import resolve_warmup_steps
+
+SD_VERSION_LABEL = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
+
+
+def _taken(output_dir: Path, stem: str) -> bool:
+    if not output_dir.is_dir():
+        return False
+    return any(p.name == f"{stem}.safetensors" or p.name.startswith(f"{stem}-") for p in output_dir.iterdir())
+
+
+def choose_output_name(output_dir: Path, name: str) -> str:
+    """`name`, or `name_2`, `name_3`... if files of that family already exist there."""
+    stem, n = name, 1
+    while _taken(output_dir, stem):
+        n += 1
+        stem = f"{name}_{n}"
+    return stem
+
+
+def vae_identity(ctx) -> str:
+    """Latent caches are only valid for the VAE that made them: key them by the VAE's weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(ctx.base.vae.state_dict().items())[:8]:
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().flatten()[:4096].numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _components(ctx) -> dict[str, torch.nn.Module]:
+    comps = {}
+    if ctx.spec.network.train_unet:
+        comps["unet"] = ctx.base.unet
+    if ctx.spec.network.train_text_encoder:
+        for i, encoder in enumerate(ctx.base.text_encoders):
+            comps[f"te{i}"] = encoder
+    return comps
+
+
+def collect_lora_state(ctx) -> dict[str, torch.Tensor]:
+    out = {}
+    for comp, module in _components(ctx).items():
+        out.update({f"{comp}/{k}": v for k, v in lora_state_dict(module).items()})
+    return out
+
+
+def apply_lora_state(ctx, tensors: dict[str, torch.Tensor]) -> None:
+    for comp, module in _components(ctx).items():
+        prefix = f"{comp}/"
+        load_lora_state_dict(
+            module, {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        )
+
+
+def kohya_tensors(ctx) -> dict[str, torch.Tensor]:
+    net = ctx.spec.network
+    alpha = net.alpha if net.alpha is not None else net.rank
+    return export_kohya_state_dict(
+        ctx.base.unet if net.train_unet else None,
+        ctx.base.text_encoders if net.train_text_encoder else [],
+        ctx.base.arch.family,
+        alpha,
+        ctx.base.arch.unet_config,
+    )
+
+
+def _training_info(ctx, output_name: str, epoch: int) -> LoraTrainingInfo:
+    spec, arch, data = ctx.spec, ctx.base.arch, ctx.data
+    scan = ctx.scan
+    res = spec.training.resolution
+    resolution = (res, res) if isinstance(res, int) else (int(res[0]), int(res[1]))
+    return LoraTrainingInfo(
+        output_name=output_name,
+        base_model_path=ctx.resolved.checkpoint,
+        vae_path=ctx.resolved.vae,
+        family=arch.family,
+        v_prediction=arch.prediction_type == "v_prediction",
+        resolution=resolution,
+        network_dim=spec.network.rank,
+        network_alpha=spec.network.alpha if spec.network.alpha is not None else spec.network.rank,
+        train_unet=spec.network.train_unet,
+        train_text_encoder=spec.network.train_text_encoder,
+        unet_lr=spec.training.learning_rate,
+        text_encoder_lr=spec.training.text_encoder_lr or spec.training.learning_rate,
+        optimizer=describe_optimizer(ctx.optimizer),
+        lr_scheduler=spec.training.lr_scheduler,
+        lr_warmup_steps=resolve_warmup_steps(spec.training.lr_warmup_steps, ctx.total_steps),
+        num_epochs=ctx.num_epochs,
+        epoch=epoch,
+        steps=ctx.progress.global_step,
+        max_train_steps=ctx.total_steps,
+        batch_size=spec.training.batch_size,
+        gradient_accumulation_steps=spec.training.gradient_accumulation_steps,
+        mixed_precision=spec.training.mixed_precision,
+        seed=spec.training.seed,
+        clip_skip=spec.model.clip_skip,
+        noise_offset=spec.training.noise_offset,
+        min_snr_gamma=spec.training.min_snr_gamma,
+        caption_dropout_rate=spec.dataset.caption_dropout,
+        shuffle_caption=spec.dataset.shuffle_captions,
+        keep_tokens=spec.dataset.keep_tokens,
+        flip_aug=spec.dataset.flip_aug,
+        enable_bucket=spec.dataset.enable_bucket,
+        min_bucket_reso=spec.dataset.min_bucket_reso,
+        max_bucket_reso=spec.dataset.max_bucket_reso or (2048 if arch.is_sdxl else 1024),
+        bucket_no_upscale=spec.dataset.bucket_no_upscale,
+        bucket_info=data.bucket_info(),
+        num_train_images=scan.num_train_images,
+        num_reg_images=0,
+        num_batches_per_epoch=len(data.batches(0)),
+        tag_frequency=scan.tag_frequency(),
+        dataset_dirs=scan.dataset_dirs(),
+        training_started_at=ctx.progress.training_started_at,
+        training_finished_at=time.time(),
+        gradient_checkpointing=spec.training.gradient_checkpointing,
+        cache_latents=spec.dataset.cache_latents != "off",
+        trigger_word=spec.dataset.trigger_word,
+        max_grad_norm=spec.training.max_grad_norm,
+        job_spec=spec_to_dict(spec),
+    )
+
+
+def save_lora_file(ctx, stem: str, epoch: int) -> Path:
+    path = ctx.resolved.output_dir / f"{stem}.safetensors"
+    info = _training_info(ctx, stem, epoch)
+    metadata = build_lora_metadata(info)
+    add_modelspec(metadata, info)
+    ctx.resolved.output_dir.mkdir(parents=True, exist_ok=True)
+    save_lora(path, kohya_tensors(ctx), metadata, ctx.spec.output.save_precision)
+    ctx.events.emit("checkpoint", path=str(path), epoch=epoch, step=ctx.progress.global_step)
+    ctx.saved_files.append(str(path))
+    return path
+
+
+def _sample_requests(ctx) -> list[SampleRequest]:
+    spec = ctx.spec
+    res = spec.training.resolution
+    width, height = (res, res) if isinstance(res, int) else (int(res[0]), int(res[1]))
+    out = []
+    for p in spec.samples.prompts:
+        prompt = p.prompt.replace("{trigger}", spec.dataset.trigger_word)
+        out.append(
+            SampleRequest(
+                prompt, p.negative_prompt, p.seed, p.width or width, p.height or height, p.cfg_scale, p.steps
+            )
+        )
+    return out
+
+
+def make_samples(ctx, label: str) -> list[Path]:
+    requests = _sample_requests(ctx)
+    if not requests:
+        return []
+    modules = [ctx.base.unet, *ctx.base.text_encoders]
+    for m in modules:
+        m.eval()
+    paths = generate_samples(
+        ctx.base,
+        requests,
+        ctx.job_dir / "samples",
+        f"{ctx.progress.output_name}_{label}",
+        sampler_name=ctx.spec.samples.sampler,
+        training_scheduler=ctx.noise_scheduler,
+        clip_skip=ctx.spec.model.clip_skip,
+        device=ctx.device,
+        autocast_dtype=ctx.autocast_dtype,
+    )
+    ctx.base.unet.train(ctx.spec.network.train_unet)
+    for encoder in ctx.base.text_encoders:
+        encoder.train(ctx.spec.network.train_text_encoder)
+    for i, path in enumerate(paths):
+        ctx.events.emit(
+            "sample", path=str(path), prompt=requests[i].prompt, label=label, step=ctx.progress.global_step
+        )
+    return paths
+
+
+def end_of_epoch(ctx, finished: bool) -> None:
+    epoch = ctx.progress.epoch  # epochs completed so far
+    every = ctx.spec.output.save_every_epochs
+    if not finished and every and epoch % every == 0:
+        save_lora_file(ctx, f"{ctx.progress.output_name}-{epoch:06d}", epoch)
+    sample_every = ctx.spec.samples.every_epochs
+    if sample_every and (epoch % sample_every == 0 or finished):
+        make_samples(ctx, f"e{epoch:06d}")
+
+
+def save_final(ctx) -> list[str]:
+    stem = ctx.progress.output_name
+    path = save_lora_file(ctx, stem, ctx.progress.epoch)
+    sidecar = path.with_suffix(".json")
+    write_lora_sidecar_json(
+        sidecar,
+        activation_text=ctx.spec.dataset.trigger_word,
+        preferred_weight=ctx.spec.output.preferred_weight,
+        sd_version=SD_VERSION_LABEL[ctx.base.arch.family],
+        description=f"Trained with lib_trainer on {ctx.resolved.checkpoint.name}",
+    )
+    return [*ctx.saved_files, str(sidecar)]
+
+
+def save_cancelled(ctx) -> list[str]:
+    if ctx.progress.global_step == 0:
+        return []
+    stem = f"{ctx.progress.output_name}-step{ctx.progress.global_step:08d}"
+    return [str(save_lora_file(ctx, stem, ctx.progress.epoch))]

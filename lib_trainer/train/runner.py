@@ -1,0 +1,291 @@
+"""Run one training job in the foreground: preflight, load, cache, train, sample, save, report.
+
+Everything a front end needs to follow the run goes to the job folder (job.json, events.jsonl, log,
+samples/, state/); finished LoRA files go to the output folder through temp names. A stop request (signal
+or a `stop` file in the job folder) ends the current step, saves a resumable state and exits cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..spec import JobSpec, spec_to_dict
+from . import outputs
+from .conditioning import encode_sd, encode_sdxl, sdxl_time_ids
+from .dataset_prep import LatentSource, PreparedData, captions_for, sample_latents
+from .events import EventWriter
+from .lora import lora_parameters
+from .preflight import Resolved
+from .state import Progress, load_state, save_state
+
+log = logging.getLogger("lib_trainer")
+
+EXIT_OK, EXIT_FAILED, EXIT_CANCELLED, EXIT_BAD_INPUT = 0, 1, 3, 2
+
+
+class StopRequested(Exception):
+    pass
+
+
+@dataclass
+class TrainContext:
+    spec: JobSpec
+    resolved: Resolved
+    job_dir: Path
+    events: EventWriter
+    base: object = None  # models.loader.BaseModel
+    data: PreparedData | None = None
+    latents: LatentSource | None = None
+    noise_scheduler: object = None
+    optimizer: torch.optim.Optimizer | None = None
+    lr_scheduler: object = None
+    noise_generator: torch.Generator = field(default_factory=torch.Generator)
+    caption_rng: random.Random = field(default_factory=random.Random)
+    progress: Progress = field(default_factory=Progress)
+    total_steps: int = 0
+    steps_per_epoch: int = 0
+    num_epochs: int = 0
+    weight_dtype: torch.dtype = torch.float32
+    autocast_dtype: torch.dtype | None = None
+    stop_reason: str | None = None
+    stop_at_step: int | None = None  # tests: behave as if cancelled after this step
+    saved_files: list[str] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return self.resolved.device
+
+    @property
+    def stop_file(self) -> Path:
+        return self.job_dir / "stop"
+
+
+def precision_dtypes(mixed_precision: str, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
+    """(frozen weight dtype, autocast dtype). The CPU always trains in fp32: bf16 there is slower, not faster."""
+    if device.type != "cuda" or mixed_precision == "no":
+        return torch.float32, None
+    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+    return dtype, dtype
+
+
+class _StopSignals:
+    """First SIGINT/SIGTERM asks for a graceful stop; a second one falls through to the default (kill)."""
+
+    def __init__(self, ctx: TrainContext):
+        self.ctx = ctx
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.ctx.stop_reason is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        self.ctx.stop_reason = "signal"
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _stop_requested(ctx: TrainContext) -> bool:
+    if ctx.stop_reason is None and ctx.stop_file.exists():
+        ctx.stop_reason = "stop file"
+    if (
+        ctx.stop_reason is None
+        and ctx.stop_at_step is not None
+        and ctx.progress.global_step >= ctx.stop_at_step
+    ):
+        ctx.stop_reason = "test stop"
+    return ctx.stop_reason is not None
+
+
+def compute_loss(ctx: TrainContext, entries: list[int]) -> torch.Tensor:
+    from .noise import diffusion_loss, sample_noise, sample_timesteps, training_target
+
+    base, data, spec = ctx.base, ctx.data, ctx.spec
+    flips = [spec.dataset.flip_aug and ctx.caption_rng.random() < 0.5 for _ in entries]
+    sample_ids = [data.entries[e] for e in entries]
+    params = torch.stack([ctx.latents.get(i, f) for i, f in zip(sample_ids, flips, strict=True)])
+    latents = sample_latents(params, ctx.noise_generator, base.vae.config.scaling_factor).to(ctx.device)
+    captions = captions_for(entries, data, spec.dataset, ctx.caption_rng)
+    noise = sample_noise(latents, ctx.noise_generator, spec.training.noise_offset)
+    timesteps = sample_timesteps(len(entries), ctx.noise_generator).to(ctx.device)
+    noisy = ctx.noise_scheduler.add_noise(latents, noise, timesteps)
+    train_te = spec.network.train_text_encoder
+    autocast = (
+        torch.autocast(ctx.device.type, dtype=ctx.autocast_dtype)
+        if ctx.autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with autocast:
+        with contextlib.nullcontext() if train_te else torch.no_grad():
+            if base.arch.is_sdxl:
+                context, pooled = encode_sdxl(base.text_encoders, base.tokenizers, captions, ctx.device)
+            else:
+                context = encode_sd(
+                    base.text_encoders[0], base.tokenizers[0], captions, spec.model.clip_skip, ctx.device
+                )
+        kwargs = {}
+        if base.arch.is_sdxl:
+            samples = [data.samples[i] for i in sample_ids]
+            ids = sdxl_time_ids(
+                [s.original_hw for s in samples],
+                [s.crop_tl[f] for s, f in zip(samples, flips, strict=True)],
+                [(s.bucket[1], s.bucket[0]) for s in samples],
+                ctx.device,
+                pooled.dtype,
+            )
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": ids}
+        pred = base.unet(noisy.to(ctx.weight_dtype), timesteps, context.to(ctx.weight_dtype), **kwargs).sample
+    target = training_target(ctx.noise_scheduler, latents, noise, timesteps)
+    return diffusion_loss(
+        pred.float(),
+        target.float(),
+        timesteps=timesteps,
+        noise_scheduler=ctx.noise_scheduler,
+        min_snr_gamma=spec.training.min_snr_gamma,
+        prediction_type=base.arch.prediction_type,
+    )
+
+
+def _trainable_modules(ctx: TrainContext) -> list[torch.nn.Module]:
+    mods = [ctx.base.unet] if ctx.spec.network.train_unet else []
+    if ctx.spec.network.train_text_encoder:
+        mods += ctx.base.text_encoders
+    return mods
+
+
+def _optimizer_step(ctx: TrainContext) -> None:
+    clip = ctx.spec.training.max_grad_norm
+    if clip and clip > 0:
+        params = [p for m in _trainable_modules(ctx) for p in lora_parameters(m)]
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    ctx.optimizer.step()
+    ctx.lr_scheduler.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    ctx.progress.global_step += 1
+
+
+class _ProgressReporter:
+    def __init__(self, ctx: TrainContext):
+        self.ctx = ctx
+        self.smoothed: float | None = None
+        self.last_emit = 0.0
+        self.window: list[tuple[float, int]] = []
+
+    def step(self, loss: float) -> None:
+        ctx = self.ctx
+        self.smoothed = loss if self.smoothed is None else 0.95 * self.smoothed + 0.05 * loss
+        now = time.time()
+        self.window.append((now, ctx.progress.global_step))
+        self.window = self.window[-50:]
+        span = self.window[-1][0] - self.window[0][0]
+        its = (self.window[-1][1] - self.window[0][1]) / span if span > 0 else 0.0
+        step, total = ctx.progress.global_step, ctx.total_steps
+        if now - self.last_emit < 0.5 and step not in (1, total):
+            return
+        self.last_emit = now
+        ctx.events.emit(
+            "progress",
+            step=step,
+            total_steps=total,
+            epoch=ctx.progress.epoch + 1,
+            total_epochs=ctx.num_epochs,
+            loss=round(loss, 6),
+            smoothed_loss=round(self.smoothed, 6),
+            lr=ctx.lr_scheduler.get_last_lr()[0],
+            it_per_s=round(its, 3),
+            eta_s=round((total - step) / its, 1) if its > 0 else None,
+        )
+
+
+def train_loop(ctx: TrainContext) -> None:
+    accum = ctx.spec.training.gradient_accumulation_steps
+    reporter = _ProgressReporter(ctx)
+    for module in _trainable_modules(ctx):
+        module.train()
+    while ctx.progress.global_step < ctx.total_steps:
+        epoch = ctx.progress.epoch
+        batches = ctx.data.batches(epoch)
+        start = ctx.progress.batch_in_epoch * accum
+        micro = 0
+        for index in range(start, len(batches)):
+            loss = compute_loss(ctx, batches[index])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the loss became {loss.item()} at step {ctx.progress.global_step + 1}; lower "
+                    "training.learning_rate, or use bf16 instead of fp16 (training.mixed_precision)"
+                )
+            (loss / accum).backward()
+            micro += 1
+            last_batch = index == len(batches) - 1
+            if micro % accum and not last_batch:
+                continue
+            _optimizer_step(ctx)
+            ctx.progress.batch_in_epoch += 1
+            reporter.step(loss.item())
+            if ctx.progress.global_step >= ctx.total_steps:
+                break
+            if _stop_requested(ctx):
+                raise StopRequested
+        ctx.progress.epoch += 1
+        ctx.progress.batch_in_epoch = 0
+        finished = ctx.progress.global_step >= ctx.total_steps
+        outputs.end_of_epoch(ctx, finished)
+        if not finished and _stop_requested(ctx):
+            raise StopRequested
+
+
+def save_resume_state(ctx: TrainContext) -> Path:
+    tensors = outputs.collect_lora_state(ctx)
+    return save_state(
+        ctx.job_dir / "state",
+        lora_tensors=tensors,
+        optimizer=ctx.optimizer,
+        scheduler=ctx.lr_scheduler,
+        noise_generator=ctx.noise_generator,
+        caption_rng=ctx.caption_rng,
+        progress=ctx.progress,
+    )
+
+
+def restore(ctx: TrainContext) -> None:
+    tensors, progress = load_state(
+        ctx.job_dir / "state",
+        optimizer=ctx.optimizer,
+        scheduler=ctx.lr_scheduler,
+        noise_generator=ctx.noise_generator,
+        caption_rng=ctx.caption_rng,
+    )
+    outputs.apply_lora_state(ctx, tensors)
+    ctx.progress = progress
+
+
+def write_job_file(job_dir: Path, spec: JobSpec) -> None:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    tmp = job_dir / ".job.json.tmp"
+    tmp.write_text(json.dumps(spec_to_dict(spec), indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(job_dir / "job.json")
+
+
+def steps_plan(spec: JobSpec, batches_per_epoch: int) -> tuple[int, int, int]:
+    """(steps per epoch, total steps, epochs); max_steps wins over epochs, as in kohya."""
+    per_epoch = max(1, math.ceil(batches_per_epoch / spec.training.gradient_accumulation_steps))
+    total = spec.training.max_steps or per_epoch * spec.training.epochs
+    return per_epoch, total, math.ceil(total / per_epoch)
