@@ -21,7 +21,19 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-VENV = Path(os.environ.get("LORA_TRAINER_VENV", ROOT / ".venv"))
+
+
+def _venv_from_args(argv: list[str]) -> str | None:
+    """The WebUI passes its own command line; honour --lora-trainer-venv (see preload.py) there too."""
+    for i, arg in enumerate(argv):
+        if arg == "--lora-trainer-venv" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--lora-trainer-venv="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+VENV = Path(_venv_from_args(sys.argv) or os.environ.get("LORA_TRAINER_VENV") or ROOT / ".venv")
 REQUIREMENTS = ROOT / "lib_trainer" / "requirements.txt"
 DEV_REQUIREMENTS = ROOT / "lib_trainer" / "requirements-dev.txt"
 MARKER = VENV / "lora-trainer-install.json"

@@ -40,33 +40,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _print_event(event: dict) -> None:
-    kind = event["type"]
-    if kind == "progress":
-        eta = event.get("eta_s")
-        eta_text = f", ETA {eta:.0f}s" if isinstance(eta, (int, float)) else ""
-        print(
-            f"step {event['step']}/{event['total_steps']} epoch {event['epoch']}/{event['total_epochs']} "
-            f"loss {event['loss']:.4f} (avg {event['smoothed_loss']:.4f}) {event['it_per_s']:.2f} it/s{eta_text}",
-            flush=True,
-        )
-    elif kind in ("warning", "error"):
-        print(f"{kind.upper()}: {event['message']}", file=sys.stderr, flush=True)
-    elif kind == "checkpoint":
-        print(f"saved {event['path']}", flush=True)
-    elif kind == "sample":
-        print(f"sample {event['path']}", flush=True)
-    elif kind == "info":
-        print(event["message"], flush=True)
-    elif kind == "cancelled":
-        print(
-            f"stopped at step {event['step']} ({event['reason']}); resumable: {event['resumable']}",
-            flush=True,
-        )
-    elif kind == "start":
-        print(
-            f"training {event['name']!r} on {event['model']} ({event['model_type']}, {event['device']})",
-            flush=True,
-        )
+    from .train.events import format_event
+
+    line = format_event(event)
+    if line is not None:
+        print(line, file=sys.stderr if event["type"] in ("warning", "error") else sys.stdout, flush=True)
 
 
 def _print_errors(event: dict) -> None:
@@ -107,7 +85,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     job_dir = Path(args.resume) if args.resume else Path(args.job_dir or _default_job_dir(spec.name))
     print(f"job folder: {job_dir}", flush=True)
-    code = run_job(spec, job_dir, resume=bool(args.resume), echo=_print_errors if args.quiet else _print_event)
+    code = run_job(
+        spec, job_dir, resume=bool(args.resume), echo=_print_errors if args.quiet else _print_event
+    )
     if code == 0:
         final = Path(spec.output.dir) / "unknown"
         for line in reversed((job_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()):

@@ -31,13 +31,13 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data") / "dataset", count=6)
 
 
-def base_spec(model: Path, data_dir: Path, out: Path, **sections) -> dict:
+def base_spec(model_path: Path, data_dir: Path, out: Path, **sections) -> dict:
     """A fast job: 64 px, rank 4 with alpha 2 (alpha != rank on purpose), fp32 files, no samples."""
     spec = {
         "spec_version": 1,
         "name": "t",
         "mode": "lora",
-        "model": {"checkpoint": str(model), "vae": "none"},
+        "model": {"checkpoint": str(model_path), "vae": "none"},
         "dataset": {
             "path": str(data_dir),
             "trigger_word": "sks",

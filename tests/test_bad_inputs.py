@@ -42,13 +42,37 @@ def _assert_nothing_written(spec: dict) -> None:
 
 
 CASES = {
-    "missing model": (lambda s, t: s["model"].update(checkpoint=str(t / "nope.safetensors")), "model.checkpoint", "not found"),
-    "wrong file type": (lambda s, t: s["model"].update(checkpoint=str(_text_file(t))), "model.checkpoint", "not a model file"),
-    "lora as model": (lambda s, t: s["model"].update(checkpoint=str(_lora_file(t))), "model.checkpoint", "LoRA"),
-    "empty dataset": (lambda s, t: s["dataset"].update(path=str(_empty_dir(t))), "dataset.path", "no training images found"),
-    "unreadable image": (lambda s, t: _corrupt_image(Path(s["dataset"]["path"])), "1.png", "could not be read"),
+    "missing model": (
+        lambda s, t: s["model"].update(checkpoint=str(t / "nope.safetensors")),
+        "model.checkpoint",
+        "not found",
+    ),
+    "wrong file type": (
+        lambda s, t: s["model"].update(checkpoint=str(_text_file(t))),
+        "model.checkpoint",
+        "not a model file",
+    ),
+    "lora as model": (
+        lambda s, t: s["model"].update(checkpoint=str(_lora_file(t))),
+        "model.checkpoint",
+        "LoRA",
+    ),
+    "empty dataset": (
+        lambda s, t: s["dataset"].update(path=str(_empty_dir(t))),
+        "dataset.path",
+        "no training images found",
+    ),
+    "unreadable image": (
+        lambda s, t: _corrupt_image(Path(s["dataset"]["path"])),
+        "1.png",
+        "could not be read",
+    ),
     "non-utf8 caption": (lambda s, t: _latin1_caption(Path(s["dataset"]["path"])), "0.txt", "UTF-8"),
-    "adamw8bit on cpu": (lambda s, t: s["training"].update(optimizer="AdamW8bit"), "training.optimizer", "GPU"),
+    "adamw8bit on cpu": (
+        lambda s, t: s["training"].update(optimizer="AdamW8bit"),
+        "training.optimizer",
+        "GPU",
+    ),
 }
 
 
@@ -97,7 +121,9 @@ def test_bad_input_is_reported_and_nothing_is_written(tmp_path, tiny_models, cap
 
 
 def test_unknown_optimizer_is_a_spec_error(tmp_path, tiny_models, capsys):
-    spec = base_spec(tiny_models["sd1"], _dataset(tmp_path), tmp_path / "Lora", training={"optimizer": "Lion9000"})
+    spec = base_spec(
+        tiny_models["sd1"], _dataset(tmp_path), tmp_path / "Lora", training={"optimizer": "Lion9000"}
+    )
     code, err, _ = _run(tmp_path, spec, capsys)
     assert code == 2
     assert "training.optimizer" in err and "AdamW" in err

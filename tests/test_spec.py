@@ -865,3 +865,10 @@ def test_importing_the_spec_does_not_import_torch():
     code = "import sys, lib_trainer.spec; assert 'torch' not in sys.modules, 'torch was imported'"
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_readme_mentions_every_field():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for dotted in _dataclass_fields():
+        name = dotted.split("[].")[-1]
+        assert f"`{dotted if '[]' not in dotted else name}`" in readme, dotted

@@ -39,7 +39,12 @@ def test_training_produces_kohya_files(tmp_path, tiny_models, tiny_dataset, fami
     assert code == 0, [e for e in events if e["type"] == "error"]
     kinds = [e["type"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done" and "progress" in kinds and "sample" in kinds
-    assert sorted(p.name for p in out.iterdir()) == ["t-000001.safetensors", "t.json", "t.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "t-000001.safetensors",
+        "t.json",
+        "t.preview.png",
+        "t.safetensors",
+    ]
     sidecar = json.loads((out / "t.json").read_text())
     assert sidecar["activation text"] == "sks"
     assert sidecar["sd version"] == {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}[family]
@@ -210,3 +215,75 @@ def test_resume_gives_the_same_lora(tmp_path, tiny_models, tiny_dataset):
     assert set(resumed) == set(straight)
     for key in straight:
         assert torch.allclose(straight[key], resumed[key], atol=1e-6), key
+
+
+OPTION_SETS = {
+    "sdxl-checkpointing-adafactor-disk-cache": (
+        "sdxl",
+        {
+            "training": {
+                "optimizer": "Adafactor",
+                "gradient_checkpointing": True,
+                "gradient_accumulation_steps": 2,
+                "lr_scheduler": "cosine_with_restarts",
+                "lr_scheduler_num_cycles": 2,
+                "lr_warmup_steps": 0.2,
+                "min_snr_gamma": 5.0,
+                "noise_offset": 0.05,
+            },
+            "network": {"train_text_encoder": True},
+            "dataset": {"cache_latents": "disk", "flip_aug": True},
+        },
+    ),
+    "sd1-prodigy-clipskip-no-upscale": (
+        "sd1",
+        {
+            "training": {
+                "optimizer": "Prodigy",
+                "learning_rate": 1.0,
+                "lr_scheduler": "polynomial",
+                "resolution": 128,
+            },
+            "model": {"clip_skip": 2},
+            "dataset": {"bucket_no_upscale": True, "keep_tokens": 1, "shuffle_captions": True},
+        },
+    ),
+    "sd2-no-buckets-linear": (
+        "sd2",
+        {
+            "training": {"lr_scheduler": "linear", "max_steps": 3},
+            "dataset": {"enable_bucket": False, "cache_latents": "off", "prepend_trigger_word": True},
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(OPTION_SETS))
+def test_training_options_end_to_end(tmp_path, tiny_models, tiny_dataset, name):
+    family, sections = OPTION_SETS[name]
+    sections = {k: dict(v) for k, v in sections.items()}
+    spec = base_spec(tiny_models[family], tiny_dataset, tmp_path / "Lora", **sections)
+    if sections.get("dataset", {}).get("cache_latents") == "disk":
+        spec["dataset"]["cache_dir"] = str(tmp_path / "cache")
+    code, events = _run(spec, tmp_path / "job")
+    assert code == 0, [e for e in events if e["type"] in ("error", "warning")]
+    lora = load_file(str(tmp_path / "Lora" / "t.safetensors"))
+    # SDXL's first text encoder feeds its penultimate layer to the UNet, so its last layer (layer 1 of the tiny
+    # model) never gets a gradient; kohya trains (and exports) it all the same, and so do we.
+    ups = {
+        k: v
+        for k, v in lora.items()
+        if k.endswith("lora_up.weight") and not k.startswith("lora_te1_text_model_encoder_layers_1_")
+    }
+    # lora_up starts at zero: every trained layer (also through gradient checkpointing) must have moved.
+    assert ups and all(v.abs().sum() > 0 for v in ups.values()), [
+        k for k, v in ups.items() if v.abs().sum() == 0
+    ][:3]
+    if spec["dataset"].get("cache_latents") == "disk":
+        cached = list((tmp_path / "cache").rglob("*.safetensors"))
+        assert len(cached) == 2 * 6  # 6 images, plain and flipped
+        spec["output"]["dir"] = str(tmp_path / "Lora2")
+        stamp = {p: p.stat().st_mtime_ns for p in cached}
+        code, _ = _run(spec, tmp_path / "job2")
+        assert code == 0
+        assert {p: p.stat().st_mtime_ns for p in cached} == stamp  # reused, not rewritten

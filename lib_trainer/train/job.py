@@ -142,6 +142,10 @@ def setup_models(ctx: TrainContext) -> None:
     )
     ctx.base = base
     ctx.weight_dtype, ctx.autocast_dtype = precision_dtypes(spec.training.mixed_precision, ctx.device)
+    if ctx.autocast_dtype == torch.float16:
+        ctx.grad_scaler = torch.amp.GradScaler(ctx.device.type)
+    if ctx.device.type == "cpu" and spec.training.mixed_precision != "no":
+        ctx.events.emit("info", message="training in fp32 on the CPU (mixed precision only applies to GPUs)")
     base.vae.to(ctx.device, torch.float32).requires_grad_(False).eval()
     base.unet.to(ctx.device, ctx.weight_dtype).requires_grad_(False)
     for encoder in base.text_encoders:
@@ -205,7 +209,7 @@ def run_job(
     quiet_libraries()
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
-    events = EventWriter(job_dir / "events.jsonl", echo=echo)
+    events = EventWriter(job_dir / "events.jsonl", echo=echo, log_path=job_dir / "log")
     ctx = None
     try:
         resolved = preflight(spec)

@@ -16,6 +16,7 @@ import torch
 from ..export.kohya_keys import export_kohya_state_dict
 from ..export.lora_file import save_lora, write_lora_sidecar_json
 from ..export.metadata import LoraTrainingInfo, add_modelspec, build_lora_metadata
+from ..export.safe_write import atomic_write_bytes
 from ..spec import spec_to_dict
 from .lora import load_lora_state_dict, lora_state_dict
 from .optimizers import describe_optimizer
@@ -190,6 +191,7 @@ def make_samples(ctx, label: str) -> list[Path]:
     ctx.base.unet.train(ctx.spec.network.train_unet)
     for encoder in ctx.base.text_encoders:
         encoder.train(ctx.spec.network.train_text_encoder)
+    ctx.last_samples = paths
     for i, path in enumerate(paths):
         ctx.events.emit(
             "sample", path=str(path), prompt=requests[i].prompt, label=label, step=ctx.progress.global_step
@@ -218,7 +220,13 @@ def save_final(ctx) -> list[str]:
         sd_version=SD_VERSION_LABEL[ctx.base.arch.family],
         description=f"Trained with lib_trainer on {ctx.resolved.checkpoint.name}",
     )
-    return [*ctx.saved_files, str(sidecar)]
+    files = [*ctx.saved_files, str(sidecar)]
+    if ctx.last_samples:
+        # The WebUI's Lora card shows NAME.preview.png: the newest sample of the first prompt.
+        preview = path.with_name(f"{stem}.preview.png")
+        atomic_write_bytes(preview, ctx.last_samples[0].read_bytes(), overwrite=False)
+        files.append(str(preview))
+    return files
 
 
 def save_cancelled(ctx) -> list[str]:

@@ -57,9 +57,12 @@ class TrainContext:
     num_epochs: int = 0
     weight_dtype: torch.dtype = torch.float32
     autocast_dtype: torch.dtype | None = None
+    grad_scaler: torch.amp.GradScaler | None = None  # fp16 only: bf16 has fp32's range and needs none
     stop_reason: str | None = None
     stop_at_step: int | None = None  # tests: behave as if cancelled after this step
     saved_files: list[str] = field(default_factory=list)
+    scan: object = None  # data.scan.DatasetScan
+    last_samples: list[Path] = field(default_factory=list)
 
     @property
     def device(self) -> torch.device:
@@ -173,10 +176,16 @@ def _trainable_modules(ctx: TrainContext) -> list[torch.nn.Module]:
 
 def _optimizer_step(ctx: TrainContext) -> None:
     clip = ctx.spec.training.max_grad_norm
+    if ctx.grad_scaler is not None:
+        ctx.grad_scaler.unscale_(ctx.optimizer)
     if clip and clip > 0:
         params = [p for m in _trainable_modules(ctx) for p in lora_parameters(m)]
         torch.nn.utils.clip_grad_norm_(params, clip)
-    ctx.optimizer.step()
+    if ctx.grad_scaler is not None:
+        ctx.grad_scaler.step(ctx.optimizer)  # skips the step when fp16 gradients overflowed
+        ctx.grad_scaler.update()
+    else:
+        ctx.optimizer.step()
     ctx.lr_scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     ctx.progress.global_step += 1
@@ -232,7 +241,10 @@ def train_loop(ctx: TrainContext) -> None:
                     f"the loss became {loss.item()} at step {ctx.progress.global_step + 1}; lower "
                     "training.learning_rate, or use bf16 instead of fp16 (training.mixed_precision)"
                 )
-            (loss / accum).backward()
+            scaled = loss / accum
+            if ctx.grad_scaler is not None:
+                scaled = ctx.grad_scaler.scale(scaled)
+            scaled.backward()
             micro += 1
             last_batch = index == len(batches) - 1
             if micro % accum and not last_batch:
@@ -262,6 +274,7 @@ def save_resume_state(ctx: TrainContext) -> Path:
         noise_generator=ctx.noise_generator,
         caption_rng=ctx.caption_rng,
         progress=ctx.progress,
+        grad_scaler=ctx.grad_scaler,
     )
 
 
@@ -272,6 +285,7 @@ def restore(ctx: TrainContext) -> None:
         scheduler=ctx.lr_scheduler,
         noise_generator=ctx.noise_generator,
         caption_rng=ctx.caption_rng,
+        grad_scaler=ctx.grad_scaler,
     )
     outputs.apply_lora_state(ctx, tensors)
     ctx.progress = progress

@@ -37,6 +37,7 @@ def save_state(
     noise_generator: torch.Generator,
     caption_rng: random.Random,
     progress: Progress,
+    grad_scaler=None,
 ) -> Path:
     from safetensors.torch import save_file
 
@@ -47,6 +48,8 @@ def save_state(
     save_file({k: v.contiguous() for k, v in lora_tensors.items()}, str(tmp / "lora.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    if grad_scaler is not None:
+        torch.save(grad_scaler.state_dict(), tmp / "grad_scaler.pt")
     rng = {
         "noise": noise_generator.get_state(),
         "torch": torch.get_rng_state(),
@@ -85,6 +88,7 @@ def load_state(
     scheduler,
     noise_generator: torch.Generator,
     caption_rng: random.Random,
+    grad_scaler=None,
 ) -> tuple[dict[str, torch.Tensor], Progress]:
     """Restore optimizer, scheduler and random streams; returns the LoRA tensors and the progress."""
     from safetensors.torch import load_file
@@ -93,6 +97,8 @@ def load_state(
     lora = load_file(str(state_dir / "lora.safetensors"))
     optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=True))
+    if grad_scaler is not None and (state_dir / "grad_scaler.pt").is_file():
+        grad_scaler.load_state_dict(torch.load(state_dir / "grad_scaler.pt", weights_only=True))
     rng = torch.load(state_dir / "rng.pt", weights_only=True)
     noise_generator.set_state(rng["noise"])
     torch.set_rng_state(rng["torch"])

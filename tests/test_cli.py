@@ -1,0 +1,154 @@
+"""The command line as a user runs it: separate processes, a stop file / signal, resume, inspect."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import base_spec
+from safetensors import safe_open
+
+from lib_trainer.cli import main
+from lib_trainer.train.events import read_events
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "lib_trainer", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _wait_for_event(job: Path, kind: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(e["type"] == kind for e in read_events(job / "events.jsonl")):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(proc.stdout.read().decode(errors="replace"))
+        time.sleep(0.1)
+    raise AssertionError(f"no {kind} event within {timeout}s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["stop file", "SIGINT"])
+def test_stop_then_resume_in_separate_processes(tmp_path, tiny_models, tiny_dataset, how):
+    out = tmp_path / "Lora"
+    spec = base_spec(
+        tiny_models["sd1"], tiny_dataset, out, training={"epochs": 400}, output={"save_every_epochs": 0}
+    )
+    spec_path = tmp_path / "job.json"
+    spec_path.write_text(json.dumps(spec))
+    job = tmp_path / "job"
+    proc = _start(["train", str(spec_path), "--job-dir", str(job)])
+    _wait_for_event(job, "progress", proc)
+    if how == "stop file":
+        (job / "stop").write_text("")
+    else:
+        proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 3
+    events = read_events(job / "events.jsonl")
+    stopped = events[-1]
+    assert stopped["type"] == "cancelled" and stopped["resumable"]
+    assert Path(stopped["files"][0]).is_file()  # NAME-stepNNNNNNNN.safetensors
+    assert (job / "log").read_text().count("stopped at step") == 1
+    (job / "stop").unlink(missing_ok=True)
+
+    # Resume and stop again quickly: the step count continues from where it stopped.
+    proc = _start(["train", "--resume", str(job)])
+    _wait_for_event(job, "info", proc)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        progress = [
+            e for e in read_events(job / "events.jsonl", since=stopped["seq"]) if e["type"] == "progress"
+        ]
+        if progress:
+            break
+        time.sleep(0.1)
+    (job / "stop").write_text("")
+    assert proc.wait(timeout=120) == 3
+    assert progress[0]["step"] == stopped["step"] + 1
+    assert read_events(job / "events.jsonl")[-1]["step"] > stopped["step"]
+
+
+def test_tiny_model_and_inspect(tmp_path, capsys):
+    path = tmp_path / "x.safetensors"
+    assert main(["tiny-model", "--arch", "sdxl", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["kind"] == "checkpoint" and report["model_type"] == "sdxl"
+    assert len(report["text_encoders"]) == 2
+
+
+def test_inspect_a_trained_lora(tmp_path, tiny_models, tiny_dataset, capsys):
+    out = tmp_path / "Lora"
+    spec = base_spec(
+        tiny_models["sd2"], tiny_dataset, out, training={"epochs": 1}, network={"train_text_encoder": True}
+    )
+    spec_path = tmp_path / "job.json"
+    spec_path.write_text(json.dumps(spec))
+    assert main(["train", str(spec_path), "--job-dir", str(tmp_path / "job"), "--quiet"]) == 0
+    assert f"LoRA written to: {(out / 't.safetensors').resolve()}" in capsys.readouterr().out
+    assert main(["inspect", str(out / "t.safetensors"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["kind"] == "lora"
+    assert report["rank"] == 4 and report["alpha"] == 2.0
+    with safe_open(str(out / "t.safetensors"), "pt") as f:
+        assert report["keys"] == len(list(f.keys()))  # noqa: SIM118 - safe_open is not iterable
+    assert report["modules"] * 3 == report["keys"]
+    assert "sd2" in str(report["architecture"]).lower() or "v2" in str(report["architecture"]).lower()
+    assert main(["inspect", str(out / "t.safetensors")]) == 0
+    assert "ss_output_name" in capsys.readouterr().out
+
+
+def test_flags_override_the_spec_file(tmp_path, tiny_models, tiny_dataset):
+    out = tmp_path / "Lora"
+    spec = base_spec(tiny_models["sd1"], tiny_dataset, out, training={"epochs": 5})
+    spec_path = tmp_path / "job.toml"
+    checkpoint, data = spec["model"]["checkpoint"], spec["dataset"]["path"]
+    spec_path.write_text(
+        f"spec_version = 1\nname = 'fromfile'\n[model]\ncheckpoint = '{checkpoint}'\n[dataset]\npath = '{data}'\n"
+        "min_bucket_reso = 64\ncache_latents = 'memory'\n[training]\nresolution = 64\nepochs = 5\ndevice = 'cpu'\n"
+        f"mixed_precision = 'no'\n[output]\ndir = '{out}'\n[samples]\nevery_epochs = 0\n"
+    )
+    job = tmp_path / "job"
+    code = main(
+        [
+            "train",
+            str(spec_path),
+            "--job-dir",
+            str(job),
+            "--quiet",
+            "--steps",
+            "3",
+            "--name",
+            "flagged",
+            "--rank",
+            "2",
+            "--alpha",
+            "1",
+            "--save-precision",
+            "bf16",
+        ]
+    )
+    assert code == 0
+    saved = json.loads((job / "job.json").read_text())
+    assert saved["name"] == "flagged" and saved["training"]["max_steps"] == 3
+    with safe_open(str(out / "flagged.safetensors"), "pt") as f:
+        meta = f.metadata()
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
+    assert meta["ss_steps"] == "3" and meta["ss_network_dim"] == "2"
+    assert {str(d) for d in dtypes} == {"torch.bfloat16"}
