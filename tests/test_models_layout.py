@@ -161,3 +161,20 @@ def test_tokenizer_vocab_rebuilt_from_merges_matches_clip():
     # Reference ids of the real CLIP tokenizer for this phrase.
     assert tok("a photo of sks dog").input_ids == [49406, 320, 1125, 539, 48136, 1929, 49407]
     assert load_clip_tokenizer(pad_with_exclamation=True).pad_token_id == 0
+
+
+def test_sd2_prediction_probe_matches_the_webui_rule():
+    from lib_trainer.models.loader import looks_like_v_prediction
+
+    class Fake(torch.nn.Module):
+        def __init__(self, shift: float):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.shift = shift
+
+        def forward(self, x, t, cond):
+            assert t.tolist() == [999] and cond.shape == (1, 2, 1024)
+            return type("Out", (), {"sample": x + self.shift})()
+
+    assert looks_like_v_prediction(Fake(-2.0), 1024)
+    assert not looks_like_v_prediction(Fake(0.3), 1024)

@@ -287,3 +287,27 @@ def test_training_options_end_to_end(tmp_path, tiny_models, tiny_dataset, name):
         code, _ = _run(spec, tmp_path / "job2")
         assert code == 0
         assert {p: p.stat().st_mtime_ns for p in cached} == stamp  # reused, not rewritten
+
+
+def test_separate_vae_file_and_unique_names(tmp_path, tiny_models, tiny_dataset):
+    from safetensors.torch import save_file
+
+    from lib_trainer.models.tiny import build_random_state_dict
+
+    # A VAE file as users download them: bare LDM keys, no 'first_stage_model.' prefix, other weights.
+    other = build_random_state_dict("sd1", seed=5)
+    vae = {k[len("first_stage_model.") :]: v for k, v in other.items() if k.startswith("first_stage_model.")}
+    vae_path = tmp_path / "my.vae.safetensors"
+    save_file(vae, str(vae_path))
+    out = tmp_path / "Lora"
+    spec = base_spec(
+        tiny_models["sd1"], tiny_dataset, out, model={"vae": str(vae_path)}, training={"epochs": 1}
+    )
+    assert _run(spec, tmp_path / "job1")[0] == 0
+    code, events = _run(spec, tmp_path / "job2")
+    assert code == 0
+    assert events[-1]["output_name"] == "t_2"  # never overwrite or reuse a name the WebUI may have cached
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["t.safetensors", "t_2.safetensors"]
+    with safe_open(str(out / "t_2.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_vae_name"] == "my.vae.safetensors" and meta["ss_output_name"] == "t_2"

@@ -118,6 +118,18 @@ def _match_text_model_prefix(state: dict[str, torch.Tensor], model: torch.nn.Mod
     return {k.removeprefix("text_model."): v for k, v in state.items()}
 
 
+@torch.no_grad()
+def looks_like_v_prediction(unet: torch.nn.Module, context_dim: int) -> bool:
+    """The WebUI's own test for SD2 files without a .yaml: at t=999 a v-model's output on a flat grey latent
+    is strongly negative relative to the input, an epsilon model's is not. Using the same probe keeps our
+    decision identical to the WebUI's for the same file."""
+    dtype = next(unet.parameters()).dtype
+    x = torch.full((1, 4, 8, 8), 0.5, dtype=dtype)
+    cond = torch.full((1, 2, context_dim), 0.5, dtype=dtype)
+    out = unet(x, torch.tensor([999]), cond).sample
+    return (out - x).float().mean().item() < -1
+
+
 def load_vae_file(path: Path, family: str) -> torch.nn.Module:
     """A separate VAE file (.safetensors/.pt) in LDM layout, with or without the `first_stage_model.` prefix."""
     state, _ = load_state_dict(path, "VAE")
@@ -144,6 +156,10 @@ def load_base_model(
     state, metadata = load_state_dict(checkpoint)
     arch = analyse_checkpoint(tensor_shapes(state), metadata, checkpoint, prediction_type, model_type)
     unet = build_unet(state, arch.unet_config)
+    if arch.family == "sd2" and arch.prediction_source == "default":
+        if looks_like_v_prediction(unet, arch.unet_config["cross_attention_dim"]):
+            arch.prediction_type = "v_prediction"
+        arch.prediction_source = "weights test (as the WebUI does)"
     if vae is not None:
         vae_model = load_vae_file(Path(vae), arch.family)
     else:

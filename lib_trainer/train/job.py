@@ -141,6 +141,12 @@ def setup_models(ctx: TrainContext) -> None:
         model_type=spec.model.model_type,
     )
     ctx.base = base
+    if base.arch.prediction_source != resolved.arch.prediction_source:
+        ctx.events.emit(
+            "info",
+            message=f"prediction type: {base.arch.prediction_type} ({base.arch.prediction_source}); "
+            "set model.prediction_type if that is wrong",
+        )
     ctx.weight_dtype, ctx.autocast_dtype = precision_dtypes(spec.training.mixed_precision, ctx.device)
     if ctx.autocast_dtype == torch.float16:
         ctx.grad_scaler = torch.amp.GradScaler(ctx.device.type)
