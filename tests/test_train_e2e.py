@@ -311,3 +311,12 @@ def test_separate_vae_file_and_unique_names(tmp_path, tiny_models, tiny_dataset)
     with safe_open(str(out / "t_2.safetensors"), "pt") as f:
         meta = f.metadata()
     assert meta["ss_vae_name"] == "my.vae.safetensors" and meta["ss_output_name"] == "t_2"
+
+
+def test_default_sample_prompt_when_none_given(tmp_path, tiny_models, tiny_dataset):
+    spec = base_spec(tiny_models["sd1"], tiny_dataset, tmp_path / "Lora", training={"epochs": 1})
+    spec["samples"] = {"every_epochs": 1, "prompts": []}
+    code, events = _run(spec, tmp_path / "job")
+    assert code == 0
+    samples = [e for e in events if e["type"] == "sample"]
+    assert len(samples) == 1 and "sks" in samples[0]["prompt"] and Path(samples[0]["path"]).is_file()

@@ -167,7 +167,19 @@ def _sample_requests(ctx) -> list[SampleRequest]:
                 prompt, p.negative_prompt, p.seed, p.width or width, p.height or height, p.cfg_scale, p.steps
             )
         )
+    if not out:
+        # No prompt given: show what the LoRA does to a real caption of the dataset, as users would prompt it.
+        out.append(SampleRequest(default_sample_prompt(ctx), "", 1, width, height, 7.0, 20))
     return out
+
+
+def default_sample_prompt(ctx) -> str:
+    trigger = ctx.spec.dataset.trigger_word
+    item = ctx.scan.items[0]
+    caption = item.caption or item.class_tokens or trigger
+    if trigger and trigger not in caption:
+        caption = f"{trigger}, {caption}"
+    return caption
 
 
 def make_samples(ctx, label: str) -> list[Path]:
