@@ -171,5 +171,11 @@ def captions_for(entries: list[int], data: PreparedData, dataset_spec, rng: rand
     return out
 
 
+def training_size(spec) -> tuple[int, int]:
+    """(width, height) of training.resolution, which may be one number or [width, height]."""
+    res = spec.training.resolution
+    return (res, res) if isinstance(res, int) else (int(res[0]), int(res[1]))
+
+
 def default_cache_dir(dataset_path: Path) -> Path:
     return Path(dataset_path) / ".lora-trainer-cache"

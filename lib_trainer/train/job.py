@@ -23,7 +23,7 @@ from ..data.scan import scan_dataset
 from ..models.arch import ModelFormatError
 from ..spec import JobSpec, SpecError
 from . import outputs
-from .dataset_prep import LatentSource, assign_buckets, default_cache_dir
+from .dataset_prep import LatentSource, assign_buckets, default_cache_dir, training_size
 from .events import EventWriter
 from .lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, lora_parameters
 from .optimizers import TrainingConfigError, build_optimizer
@@ -65,11 +65,6 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def _resolution(spec: JobSpec) -> tuple[int, int]:
-    res = spec.training.resolution
-    return (res, res) if isinstance(res, int) else (int(res[0]), int(res[1]))
-
-
 def prepare_data(ctx: TrainContext) -> None:
     spec, arch = ctx.spec, ctx.resolved.arch
     scan = scan_dataset(
@@ -79,7 +74,7 @@ def prepare_data(ctx: TrainContext) -> None:
     )
     for warning in scan.warnings:
         ctx.events.emit("warning", message=warning)
-    width, height = _resolution(spec)
+    width, height = training_size(spec)
     step = spec.dataset.bucket_reso_steps or arch.bucket_step
     max_reso = spec.dataset.max_bucket_reso or (2048 if arch.is_sdxl else 1024)
     if spec.dataset.enable_bucket:

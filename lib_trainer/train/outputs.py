@@ -18,6 +18,7 @@ from ..export.lora_file import save_lora, write_lora_sidecar_json
 from ..export.metadata import LoraTrainingInfo, add_modelspec, build_lora_metadata
 from ..export.safe_write import atomic_write_bytes
 from ..spec import spec_to_dict
+from .dataset_prep import training_size
 from .lora import load_lora_state_dict, lora_state_dict
 from .optimizers import describe_optimizer
 from .sampling import SampleRequest, generate_samples
@@ -90,8 +91,7 @@ def kohya_tensors(ctx) -> dict[str, torch.Tensor]:
 def _training_info(ctx, output_name: str, epoch: int) -> LoraTrainingInfo:
     spec, arch, data = ctx.spec, ctx.base.arch, ctx.data
     scan = ctx.scan
-    res = spec.training.resolution
-    resolution = (res, res) if isinstance(res, int) else (int(res[0]), int(res[1]))
+    resolution = training_size(spec)
     return LoraTrainingInfo(
         output_name=output_name,
         base_model_path=ctx.resolved.checkpoint,
@@ -157,8 +157,7 @@ def save_lora_file(ctx, stem: str, epoch: int) -> Path:
 
 def _sample_requests(ctx) -> list[SampleRequest]:
     spec = ctx.spec
-    res = spec.training.resolution
-    width, height = (res, res) if isinstance(res, int) else (int(res[0]), int(res[1]))
+    width, height = training_size(spec)
     out = []
     for p in spec.samples.prompts:
         prompt = p.prompt.replace("{trigger}", spec.dataset.trigger_word)
