@@ -99,6 +99,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the job whose spec is JOB_DIR/job.json: how the WebUI's job manager starts the trainer."""
+    from .spec import SpecError, spec_from_dict
+    from .train.job import run_job
+
+    job_dir = Path(args.job_dir)
+    job_file = job_dir / "job.json"
+    try:
+        spec = spec_from_dict(json.loads(job_file.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        print(f"ERROR: {job_file} not found", file=sys.stderr)
+        return 2
+    except (SpecError, ValueError) as exc:
+        print(f"ERROR: {job_file} has problems:\n{exc}", file=sys.stderr)
+        return 2
+    if args.resume and not (job_dir / "state" / "progress.json").is_file():
+        print(f"ERROR: {job_dir} has no saved state to resume from", file=sys.stderr)
+        return 2
+    return run_job(spec, job_dir, resume=args.resume, echo=_print_errors if args.quiet else _print_event)
+
+
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     from .models.tiny import write_random_checkpoint
 
@@ -146,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="print only errors and the final file")
     _add_spec_flags(train)
     train.set_defaults(func=cmd_train)
+
+    run = sub.add_parser("run", help="run the job described by JOB_DIR/job.json (used by the WebUI)")
+    run.add_argument("job_dir")
+    run.add_argument("--resume", action="store_true", help="continue from JOB_DIR/state")
+    run.add_argument("--quiet", action="store_true", help="print only errors")
+    run.set_defaults(func=cmd_run)
 
     tiny = sub.add_parser(
         "tiny-model", help="write a random-weight checkpoint in the real single-file layout"

@@ -152,3 +152,14 @@ def test_flags_override_the_spec_file(tmp_path, tiny_models, tiny_dataset):
         dtypes = {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
     assert meta["ss_steps"] == "3" and meta["ss_network_dim"] == "2"
     assert {str(d) for d in dtypes} == {"torch.bfloat16"}
+
+
+def test_run_command_uses_the_job_folder(tmp_path, tiny_models, tiny_dataset, capsys):
+    job = tmp_path / "job"
+    job.mkdir()
+    spec = base_spec(tiny_models["sd1"], tiny_dataset, tmp_path / "Lora", training={"max_steps": 2})
+    (job / "job.json").write_text(json.dumps(spec))
+    assert main(["run", str(job), "--quiet"]) == 0
+    assert read_events(job / "events.jsonl")[-1]["type"] == "done"
+    assert main(["run", str(tmp_path / "nowhere")]) == 2
+    assert "not found" in capsys.readouterr().err
