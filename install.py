@@ -150,11 +150,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    # The WebUI runs this file as a script on every start (the Extensions tab's install does too).
     sys.exit(main(sys.argv[1:]))
-else:
-    # Imported by the WebUI's launcher: never let a failure here stop the WebUI from starting.
-    try:
-        if "--skip-install" not in sys.argv:
-            main([])
-    except Exception as exc:  # noqa: BLE001
-        log(f"install step failed: {exc}")
