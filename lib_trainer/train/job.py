@@ -34,6 +34,7 @@ from .runner import (
     EXIT_FAILED,
     EXIT_OK,
     StopRequested,
+    StopSignals,
     TrainContext,
     precision_dtypes,
     restore,
@@ -204,8 +205,6 @@ def run_job(
     echo=None,
 ) -> int:
     """Run (or resume) a job to the end; never raises for user mistakes, reports them as events."""
-    from .runner import _StopSignals
-
     enforce_offline()
     quiet_libraries()
     job_dir = Path(job_dir)
@@ -249,7 +248,7 @@ def run_job(
             steps_per_epoch=ctx.steps_per_epoch,
             output_name=ctx.progress.output_name,
         )
-        with _StopSignals(ctx):
+        with StopSignals(ctx):
             train_loop(ctx)
         files = outputs.save_final(ctx)
         ctx.progress.finished = True

@@ -43,11 +43,13 @@ def choose_output_name(output_dir: Path, name: str) -> str:
 
 
 def vae_identity(ctx) -> str:
-    """Latent caches are only valid for the VAE that made them: key them by the VAE's weights."""
+    """Latent caches are only valid for the VAE encoder that made them (a VAE with only a new decoder, like
+    SD's ft-MSE VAE, makes the same latents): key them by the encoder's weights."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(ctx.base.vae.state_dict().items())[:8]:
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().flatten()[:4096].numpy().tobytes())
+    for name, tensor in sorted(ctx.base.vae.state_dict().items()):
+        if name.startswith(("encoder.", "quant_conv.")):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().flatten()[:4096].numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

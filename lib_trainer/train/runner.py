@@ -81,7 +81,7 @@ def precision_dtypes(mixed_precision: str, device: torch.device) -> tuple[torch.
     return dtype, dtype
 
 
-class _StopSignals:
+class StopSignals:
     """First SIGINT/SIGTERM asks for a graceful stop; a second one falls through to the default (kill)."""
 
     def __init__(self, ctx: TrainContext):
