@@ -320,3 +320,17 @@ def test_default_sample_prompt_when_none_given(tmp_path, tiny_models, tiny_datas
     assert code == 0
     samples = [e for e in events if e["type"] == "sample"]
     assert len(samples) == 1 and "sks" in samples[0]["prompt"] and Path(samples[0]["path"]).is_file()
+
+
+def test_long_captions_are_reported(tmp_path, tiny_models):
+    from lib_trainer.demo import make_dataset
+
+    data = make_dataset(tmp_path / "data", count=2)
+    caption = next((data).rglob("img_000.txt"))
+    caption.write_text(", ".join(f"tag{i}" for i in range(120)), encoding="utf-8")
+    code, events = _run(
+        base_spec(tiny_models["sd1"], data, tmp_path / "Lora", training={"max_steps": 1}), tmp_path / "job"
+    )
+    assert code == 0
+    warnings = [e["message"] for e in events if e["type"] == "warning"]
+    assert any("img_000.png" in w and "75 tokens" in w for w in warnings), warnings

@@ -157,6 +157,23 @@ def setup_models(ctx: TrainContext) -> None:
     ctx.noise_scheduler = make_noise_scheduler(base.arch.prediction_type)
 
 
+def warn_long_captions(ctx: TrainContext) -> None:
+    """CLIP reads 75 tokens; the rest of a caption is cut off (kohya's default too). Say so once, with names."""
+    tokenizer = ctx.base.tokenizers[0]
+    limit = tokenizer.model_max_length - 2
+    long = [
+        item.path.name
+        for item in ctx.scan.items
+        if item.caption and len(tokenizer(item.caption).input_ids) - 2 > limit
+    ]
+    if long:
+        shown = ", ".join(long[:5]) + (f" and {len(long) - 5} more" if len(long) > 5 else "")
+        ctx.events.emit(
+            "warning",
+            message=f"{len(long)} caption(s) are longer than {limit} tokens; the end is ignored in training: {shown}",
+        )
+
+
 def add_networks(ctx: TrainContext) -> None:
     spec, base = ctx.spec, ctx.base
     net = spec.network
@@ -232,6 +249,7 @@ def run_job(
         ctx.caption_rng = random.Random(spec.training.seed)
         prepare_data(ctx)
         setup_models(ctx)
+        warn_long_captions(ctx)
         cache_latents(ctx)
         add_networks(ctx)
         if resume:
