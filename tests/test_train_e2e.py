@@ -58,6 +58,7 @@ def test_training_produces_kohya_files(tmp_path, tiny_models, tiny_dataset, fami
         meta["ss_base_model_version"] == {"sd1": "sd_v1", "sd2": "sd_v2_v", "sdxl": "sdxl_base_v1-0"}[family]
     )
     assert meta["ss_v2"] == str(family == "sd2")
+    assert meta["ss_v_parameterization"] == str(family == "sd2")
     assert meta["sshs_model_hash"] and meta["sshs_legacy_hash"] and meta["modelspec.architecture"]
     assert "sks" in meta["ss_tag_frequency"]
     te_prefix = "lora_te1_" if family == "sdxl" else "lora_te_"
@@ -80,14 +81,13 @@ def test_loss_goes_down_when_overfitting(tmp_path, tiny_models, tiny_dataset):
         training={"epochs": 60, "learning_rate": 3e-3, "batch_size": 4},
         output={"save_every_epochs": 0},
     )
-    # Fixed noise per image would make the target learnable exactly; instead we check the trend over many
-    # random draws: the mean loss of the last fifth must be clearly below the first fifth.
+    # The noise is random every step, so single losses are noisy; the per-epoch averages (every step counts,
+    # whatever the machine's speed) of the last epochs must be clearly below those of the first.
     code, events = _run(spec, tmp_path / "job")
     assert code == 0
-    losses = [e["loss"] for e in events if e["type"] == "progress"]
-    assert len(losses) >= 10
-    fifth = max(1, len(losses) // 5)
-    first, last = sum(losses[:fifth]) / fifth, sum(losses[-fifth:]) / fifth
+    losses = [e["epoch_loss"] for e in events if "epoch_loss" in e]
+    assert len(losses) == 60
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.8 * first, (first, last)
 
 

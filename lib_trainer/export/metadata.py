@@ -279,6 +279,7 @@ def _training_entries(info: LoraTrainingInfo) -> dict[str, Any]:
         "ss_mixed_precision": info.mixed_precision,
         "ss_full_fp16": bool(info.full_fp16),
         "ss_v2": info.family == "sd2",
+        "ss_v_parameterization": info.v_prediction,
         "ss_base_model_version": base_model_version(info.family, info.v_prediction),
         "ss_clip_skip": info.clip_skip,
         "ss_max_token_length": info.max_token_length,

@@ -234,6 +234,7 @@ def train_loop(ctx: TrainContext) -> None:
         batches = ctx.data.batches(epoch)
         start = ctx.progress.batch_in_epoch * accum
         micro = 0
+        epoch_losses: list[float] = []
         for index in range(start, len(batches)):
             loss = compute_loss(ctx, batches[index])
             if not torch.isfinite(loss):
@@ -251,12 +252,23 @@ def train_loop(ctx: TrainContext) -> None:
                 continue
             _optimizer_step(ctx)
             ctx.progress.batch_in_epoch += 1
-            reporter.step(loss.item())
+            epoch_losses.append(loss.item())
+            reporter.step(epoch_losses[-1])
             if ctx.progress.global_step >= ctx.total_steps:
                 break
             if _stop_requested(ctx):
                 raise StopRequested
         ctx.progress.epoch += 1
+        if (
+            epoch_losses
+        ):  # every step counts here, unlike the throttled progress events (kohya: loss/epoch_average)
+            mean = sum(epoch_losses) / len(epoch_losses)
+            ctx.events.emit(
+                "info",
+                message=f"epoch {ctx.progress.epoch} average loss {mean:.4f}",
+                epoch=ctx.progress.epoch,
+                epoch_loss=mean,
+            )
         ctx.progress.batch_in_epoch = 0
         finished = ctx.progress.global_step >= ctx.total_steps
         outputs.end_of_epoch(ctx, finished)
