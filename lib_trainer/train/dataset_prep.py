@@ -28,6 +28,7 @@ class Sample:
     resized: tuple[int, int]
     original_hw: tuple[int, int] = (0, 0)
     crop_tl: dict[bool, tuple[int, int]] = field(default_factory=dict)
+    cache_keys: dict[bool, str] = field(default_factory=dict)  # computed once: keys hash the file's content
 
 
 @dataclass
@@ -122,7 +123,9 @@ class LatentSource:
         sample = self.data.samples[sample_index]
         if not self.cache_on or self.cache is None:
             return self._encode(sample, flip)
-        key = self.cache.key_for(sample.item.path, sample.bucket, flip)
+        key = sample.cache_keys.get(flip)
+        if key is None:
+            key = sample.cache_keys[flip] = self.cache.key_for(sample.item.path, sample.bucket, flip)
         cached = self.cache.get(key, self._shape(sample))
         if cached is not None:
             self._ensure_geometry(sample, flip)

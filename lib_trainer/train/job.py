@@ -26,7 +26,7 @@ from . import outputs
 from .dataset_prep import LatentSource, assign_buckets, default_cache_dir, training_size
 from .events import EventWriter
 from .lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, lora_parameters
-from .optimizers import TrainingConfigError, build_optimizer
+from .optimizers import TrainingConfigError, build_optimizer, optimizer_warnings
 from .preflight import PreflightError, preflight
 from .runner import (
     EXIT_BAD_INPUT,
@@ -194,6 +194,9 @@ def add_networks(ctx: TrainContext) -> None:
     for group in groups:  # trainable weights stay fp32 under autocast (kohya does the same)
         for p in group["params"]:
             p.data = p.data.float()
+    ctx.trainable_params = [p for group in groups for p in group["params"]]
+    for message in optimizer_warnings(spec.training.optimizer, spec.training.learning_rate):
+        ctx.events.emit("warning", message=message)
     ctx.optimizer = build_optimizer(
         spec.training.optimizer,
         groups,

@@ -24,7 +24,6 @@ from . import outputs
 from .conditioning import encode_sd, encode_sdxl, sdxl_time_ids
 from .dataset_prep import LatentSource, PreparedData, captions_for, sample_latents
 from .events import EventWriter
-from .lora import lora_parameters
 from .preflight import Resolved
 from .state import Progress, load_state, save_state
 
@@ -57,6 +56,7 @@ class TrainContext:
     num_epochs: int = 0
     weight_dtype: torch.dtype = torch.float32
     autocast_dtype: torch.dtype | None = None
+    trainable_params: list[torch.nn.Parameter] = field(default_factory=list)  # all LoRA weights, for clipping
     grad_scaler: torch.amp.GradScaler | None = None  # fp16 only: bf16 has fp32's range and needs none
     stop_reason: str | None = None
     stop_at_step: int | None = None  # tests: behave as if cancelled after this step
@@ -179,8 +179,7 @@ def _optimizer_step(ctx: TrainContext) -> None:
     if ctx.grad_scaler is not None:
         ctx.grad_scaler.unscale_(ctx.optimizer)
     if clip and clip > 0:
-        params = [p for m in _trainable_modules(ctx) for p in lora_parameters(m)]
-        torch.nn.utils.clip_grad_norm_(params, clip)
+        torch.nn.utils.clip_grad_norm_(ctx.trainable_params, clip)
     if ctx.grad_scaler is not None:
         ctx.grad_scaler.step(ctx.optimizer)  # skips the step when fp16 gradients overflowed
         ctx.grad_scaler.update()
