@@ -313,6 +313,26 @@ def test_separate_vae_file_and_unique_names(tmp_path, tiny_models, tiny_dataset)
     assert meta["ss_vae_name"] == "my.vae.safetensors" and meta["ss_output_name"] == "t_2"
 
 
+def test_family_folder_names_are_unique_across_the_whole_lora_tree(tmp_path, tiny_models, tiny_dataset):
+    """The WebUI tab's layout: each LoRA in its own folder, its name unused anywhere under the LoRA dir."""
+    out = tmp_path / "Lora"
+    (out / "older" / "deeper").mkdir(parents=True)
+    (out / "older" / "deeper" / "T-000002.safetensors").write_bytes(b"x")  # another family's epoch file
+    spec = base_spec(
+        tiny_models["sd1"], tiny_dataset, out, training={"epochs": 2}, output={"family_folder": True}
+    )
+    code, events = _run(spec, tmp_path / "job1")
+    assert code == 0 and events[-1]["output_name"] == "t_2"
+    assert sorted(p.name for p in (out / "t_2").iterdir()) == [
+        "t_2-000001.safetensors",
+        "t_2.json",
+        "t_2.safetensors",
+    ]
+    code, events = _run(spec, tmp_path / "job2")
+    assert code == 0 and events[-1]["output_name"] == "t_3"
+    assert (out / "t_3" / "t_3.safetensors").is_file()
+
+
 def test_default_sample_prompt_when_none_given(tmp_path, tiny_models, tiny_dataset):
     spec = base_spec(tiny_models["sd1"], tiny_dataset, tmp_path / "Lora", training={"epochs": 1})
     spec["samples"] = {"every_epochs": 1, "prompts": []}

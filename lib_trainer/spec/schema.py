@@ -482,6 +482,7 @@ class OutputSpec:
     save_state_on_cancel: bool = _f(True, boolean())
     save_lora_on_cancel: bool = _f(True, boolean())
     preferred_weight: float = _f(1.0, number(0, 2))
+    family_folder: bool = _f(False, boolean())
 
 
 @dataclass(frozen=True)

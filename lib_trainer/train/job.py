@@ -7,6 +7,7 @@ in events.jsonl tell what happened: 0 done, 2 bad input (nothing written to the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -260,7 +261,13 @@ def run_job(
             events.emit("info", message=f"resumed at step {ctx.progress.global_step}/{ctx.total_steps}")
         else:
             ctx.progress.training_started_at = time.time()
-            ctx.progress.output_name = outputs.choose_output_name(resolved.output_dir, spec.name)
+            ctx.progress.output_name = outputs.choose_output_name(
+                resolved.output_dir, spec.name, whole_tree=spec.output.family_folder
+            )
+        if spec.output.family_folder:
+            ctx.resolved = dataclasses.replace(
+                resolved, output_dir=resolved.output_dir / ctx.progress.output_name
+            )
         events.emit(
             "info",
             message=f"training {ctx.total_steps} steps over {ctx.num_epochs} epochs",

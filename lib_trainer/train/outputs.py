@@ -15,6 +15,7 @@ import torch
 
 from ..export.kohya_keys import export_kohya_state_dict
 from ..export.lora_file import save_lora, write_lora_sidecar_json
+from ..export.lora_names import next_free_name
 from ..export.metadata import LoraTrainingInfo, add_modelspec, build_lora_metadata
 from ..export.safe_write import atomic_write_bytes
 from ..spec import spec_to_dict
@@ -33,8 +34,13 @@ def _taken(output_dir: Path, stem: str) -> bool:
     return any(p.name == f"{stem}.safetensors" or p.name.startswith(f"{stem}-") for p in output_dir.iterdir())
 
 
-def choose_output_name(output_dir: Path, name: str) -> str:
-    """`name`, or `name_2`, `name_3`... if files of that family already exist there."""
+def choose_output_name(output_dir: Path, name: str, whole_tree: bool = False) -> str:
+    """`name`, or `name_2`, `name_3`... if files of that family already exist there.
+
+    whole_tree: the name must be free in every subfolder of output_dir too (the WebUI's LoRA folder, where
+    files land in a folder per LoRA and names must be unique across the whole tree)."""
+    if whole_tree:
+        return next_free_name(output_dir, name)
     stem, n = name, 1
     while _taken(output_dir, stem):
         n += 1
