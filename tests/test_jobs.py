@@ -566,11 +566,15 @@ def test_reattach_after_restart_and_see_it_finish(fake):
     assert first.get(job).status == RUNNING
     del first  # the WebUI goes away; the trainer keeps running
 
-    second = fake.manager(hooks=JobHooks(after_finish=calls.append))
+    reattached = []
+    second = fake.manager(hooks=JobHooks(after_finish=calls.append, after_reattach=reattached.append))
     record = second.get(job)
     assert record.status == RUNNING and record.pid == pid and job in second._procs
     second.poll()
     assert second.get(job).status == RUNNING
+    assert [r.id for r in reattached] == [job]  # the host adapter redoes its GPU handoff, once
+    second.poll()
+    assert len(reattached) == 1
     fake.release("go")
     record = wait_status(second, job, DONE)
     assert record.files == [str(fake.out / "long.safetensors")]

@@ -63,12 +63,15 @@ class JobHooks:
     before_start(record) runs just before the trainer process is started; if it raises, the job is marked
     failed with the message and not started. after_finish(record) runs exactly once after each run ends
     (also when before_start failed, so the adapter can undo a half-done handoff, and for runs that ended
-    while the WebUI was restarting). Both run in the thread that calls `poll()` (normally the watcher);
-    their exceptions are logged, never raised.
+    while the WebUI was restarting). after_reattach(record) runs once for each run found still going when
+    the manager starts (a WebUI restart): the restarted WebUI has loaded its model again, so an exclusive
+    handoff must be redone. All run in the thread that calls `poll()` (normally the watcher); their
+    exceptions are logged, never raised.
     """
 
     before_start: Callable[[JobRecord], None] | None = None
     after_finish: Callable[[JobRecord], None] | None = None
+    after_reattach: Callable[[JobRecord], None] | None = None
 
 
 def run_outcome(
@@ -147,6 +150,7 @@ class JobManager:
         self._tails: dict[str, EventTail] = {}
         self._kill_at: dict[str, float] = {}
         self._owed: list[JobRecord] = []  # after_finish owed for records removed before it was delivered
+        self._reattached: list[str] = []  # after_reattach owed
         self._dirty = False
         self._watcher: threading.Thread | None = None
         self._watch_interval = 1.0
@@ -329,6 +333,11 @@ class JobManager:
             return
         try:
             with self._lock:
+                reattached, self._reattached = self._reattached, []
+                views = [self._records[i].copy() for i in reattached if i in self._records]
+            for view in views:
+                self._call_hook("after_reattach", view)
+            with self._lock:
                 self._reap()
                 self._enforce_kills()
             self._notify_finished()
@@ -411,6 +420,7 @@ class JobManager:
             running, _ = proc.poll()
             if running:
                 self._procs[record.id] = proc
+                self._reattached.append(record.id)
                 if record.killed:
                     self._kill_at[record.id] = time.time() + self.kill_grace
                 log.info(
