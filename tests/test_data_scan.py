@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lib_trainer.data.errors import DatasetError
-from lib_trainer.data.scan import scan_dataset
+from lib_trainer.data.scan import read_image_size, scan_dataset
 
 
 def _image(path: Path, size=(80, 64), color=(200, 30, 30), **save) -> Path:
@@ -237,3 +237,13 @@ def test_unusable_caption_extension(tmp_path: Path):
         with pytest.raises(DatasetError) as err:
             scan_dataset(tmp_path / "ds", caption_extension=bad)
         assert err.value.field == "dataset.caption_extension"
+
+
+def test_header_only_size_of_png_reads_exif_rotation_without_decoding(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees
+    Image.new("RGB", (300, 200)).save(tmp_path / "r.png", exif=exif.tobytes())
+    Image.new("RGB", (300, 200)).save(tmp_path / "n.png")
+    for name, size in (("r.png", (200, 300)), ("n.png", (300, 200))):
+        assert read_image_size(tmp_path / name, full_decode=False) == size
+        assert read_image_size(tmp_path / name, full_decode=True) == size
