@@ -1,0 +1,196 @@
+"""The WebUI host adapter: the only module of this extension that imports the WebUI's `modules.*`.
+
+It implements `host_api.Host` for AUTOMATIC1111 v1.10 and keeps the few differences of its forks in one
+place (Forge: lazy model loading and no sd_vae; reForge: its own load-to-device call). References to the
+host's code are to A1111 v1.10.1 (see the project's host contract notes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from modules import call_queue, paths, paths_internal, sd_models, shared
+
+from .host_api import CheckpointChoice, ModelInfo
+
+log = logging.getLogger("lib_trainer.webui")
+
+
+def detect_kind() -> str:
+    root = Path(paths.script_path)
+    if (root / "backend").is_dir() and (root / "modules_forge").is_dir():
+        return "forge"
+    if (root / "ldm_patched").is_dir():
+        return "reforge"
+    return "a1111"
+
+
+class WebUIHost:
+    """`Host` for the running WebUI process."""
+
+    def __init__(self) -> None:
+        self.kind = detect_kind()
+        self._unloaded_by_us = False
+
+    # ------------------------------------------------------------ the loaded model
+
+    def _current_model(self):
+        """The loaded model object, never loading one (reading `shared.sd_model` would load it)."""
+        model = getattr(sd_models.model_data, "sd_model", None)
+        if model is None or getattr(model, "sd_checkpoint_info", None) is None:
+            return None  # nothing loaded yet (Forge: its FakeInitialModel before the first generation)
+        return model
+
+    def loaded_model(self) -> ModelInfo | None:
+        model = self._current_model()
+        if model is None:
+            return self._selected_model()
+        info = model.sd_checkpoint_info
+        model_type, prediction = _model_type(model)
+        return ModelInfo(
+            checkpoint=str(info.filename),
+            title=str(info.title),
+            vae=self._vae_file(),
+            model_type=model_type,
+            prediction_type=prediction,
+            loaded=True,
+        )
+
+    def _selected_model(self) -> ModelInfo | None:
+        """Forge loads lazily and A1111 may not have finished loading: use the selected checkpoint."""
+        info = None
+        params = getattr(sd_models.model_data, "forge_loading_parameters", None)
+        if isinstance(params, dict):
+            info = params.get("checkpoint_info")
+        if info is None:
+            try:
+                info = sd_models.select_checkpoint()
+            except Exception:  # noqa: BLE001 - "no checkpoints" is reported to the user as "no model"
+                return None
+        if info is None:
+            return None
+        return ModelInfo(
+            checkpoint=str(info.filename), title=str(info.title), vae=self._vae_file(), loaded=False
+        )
+
+    def _vae_file(self) -> str | None:
+        if self.kind == "forge":
+            modules = shared.opts.data.get("forge_additional_modules") or []
+            vaes = [
+                m for m in modules if "vae" in Path(m).name.lower() or Path(m).parent.name.lower() == "vae"
+            ]
+            return str(vaes[0]) if vaes else None
+        try:
+            from modules import sd_vae
+        except ImportError:
+            return None
+        vae = getattr(sd_vae, "loaded_vae_file", None)
+        return str(vae) if vae else None
+
+    def checkpoints(self) -> list[CheckpointChoice]:
+        return [CheckpointChoice(str(i.title), str(i.filename)) for i in sd_models.checkpoints_list.values()]
+
+    # ------------------------------------------------------------ paths and flags
+
+    def lora_dir(self) -> Path:
+        lora_dir = getattr(shared.cmd_opts, "lora_dir", None)
+        return Path(lora_dir) if lora_dir else Path(paths_internal.models_path) / "Lora"
+
+    def data_dir(self) -> Path:
+        return Path(paths_internal.data_path)
+
+    def trainer_venv(self) -> Path | None:
+        venv = getattr(shared.cmd_opts, "lora_trainer_venv", None)
+        return Path(venv) if venv else None
+
+    def trainer_gpu(self) -> str | None:
+        gpu = getattr(shared.cmd_opts, "lora_trainer_gpu", None)
+        return str(gpu) if gpu not in (None, "") else None
+
+    def gpu_memory(self) -> tuple[int, int] | None:
+        torch = sys.modules.get("torch")  # the WebUI has imported it already; never import it here
+        if torch is None or not torch.cuda.is_available():
+            return None
+        index = self.trainer_gpu()
+        try:
+            free, total = torch.cuda.mem_get_info(int(index) if index and index.isdigit() else None)
+        except Exception:  # noqa: BLE001 - an odd device string: report "unknown", the caller plays safe
+            return None
+        return int(free), int(total)
+
+    # ------------------------------------------------------------ GPU handoff
+
+    def acquire_generation_lock(self) -> None:
+        call_queue.queue_lock.acquire()
+
+    def release_generation_lock(self) -> None:
+        call_queue.queue_lock.release()
+
+    def unload_model(self) -> None:
+        model = self._current_model()
+        if model is None:
+            self._unloaded_by_us = False
+            return
+        if self.kind == "forge":
+            sd_models.unload_model_weights()
+        else:
+            # A1111 sd_models.py:1005 (reForge: unload_model_weights(model=None)); both accept no arguments
+            # and then use the loaded model. Called only when one is loaded, so nothing gets loaded here.
+            sd_models.unload_model_weights()
+        self._unloaded_by_us = True
+        _free_cuda_cache()
+
+    def restore_model(self) -> None:
+        if not self._unloaded_by_us:
+            return
+        self._unloaded_by_us = False
+        model = self._current_model()
+        if model is None or self.kind == "forge":
+            return  # Forge moves models back on demand at the next generation
+        if self.kind == "reforge" and hasattr(sd_models, "load_model_to_device"):
+            sd_models.load_model_to_device()
+        else:
+            # A1111 does not move an unloaded model back by itself (sd_models.py:955-956 returns early for
+            # the same checkpoint), so without this the next generation would run on the CPU.
+            sd_models.send_model_to_device(model)
+
+    # ------------------------------------------------------------ LoRA list
+
+    def refresh_loras(self) -> None:
+        networks = sys.modules.get("networks")  # the built-in Lora extension's module, loaded by the host
+        if networks is None or not hasattr(networks, "list_available_networks"):
+            log.debug("the Lora built-in is not loaded; cannot refresh its list")
+            return
+        networks.list_available_networks()
+
+
+def _model_type(model) -> tuple[str | None, str | None]:
+    """The job spec's model_type / prediction_type from the host's own flags: the host already read the
+    sidecar .yaml or ran its v-prediction probe, so the trainer gets the same answer."""
+    prediction = None
+    parameterization = getattr(model, "parameterization", None)
+    if parameterization in ("v", "eps"):
+        prediction = "v_prediction" if parameterization == "v" else "epsilon"
+    if getattr(model, "is_sdxl", False):
+        return "sdxl", prediction
+    if getattr(model, "is_sd2", False):
+        return ("sd2-v" if prediction == "v_prediction" else "sd2"), prediction
+    if getattr(model, "is_sd1", False):
+        return "sd1", prediction
+    return None, prediction
+
+
+def _free_cuda_cache() -> None:
+    try:
+        from modules import devices
+
+        devices.torch_gc()
+    except Exception:  # noqa: BLE001 - only a cache flush
+        log.debug("torch_gc failed", exc_info=True)
+
+
+def extension_root() -> Path:
+    return Path(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))

@@ -1,0 +1,223 @@
+"""The WebUI-side job service and GPU handoff, against an injected host object (no WebUI, no gradio).
+
+The trainer is a small stand-in script (events like the real one), so these tests are fast and run in the
+WebUI's stand-in Python (.venv-webui), which has no torch.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from recording_host import GIB, RecordingHost
+
+from lib_trainer.jobs import DONE, FAILED, RUNNING, JobManager
+from lib_trainer.spec import SpecError
+from lib_trainer.webui.handoff import EXCLUSIVE, SHARED, GpuHandoff, choose_gpu_mode, estimated_need_bytes
+from lib_trainer.webui.host_api import Host
+from lib_trainer.webui.service import TrainerService
+
+STAND_IN_TRAINER = r"""
+import json, sys, time
+from pathlib import Path
+job = Path(sys.argv[1])
+spec = json.loads((job / "job.json").read_text())
+seq = 0
+def emit(kind, **fields):
+    global seq
+    seq += 1
+    with (job / "events.jsonl").open("a") as f:
+        f.write(json.dumps({"seq": seq, "time": time.time(), "type": kind, **fields}) + "\n")
+gate = Path(spec["dataset"]["path"]) / "gate"
+emit("start", name=spec["name"])
+name = spec["name"]
+out = Path(spec["output"]["dir"]) / name
+out.mkdir(parents=True, exist_ok=True)
+emit("info", message="training", total_steps=2, total_epochs=1, output_name=name)
+while not gate.exists() and not (job / "stop").exists():
+    time.sleep(0.02)
+lora = out / f"{name}.safetensors"
+lora.write_bytes(b"lora")
+emit("done", files=[str(lora)], output_name=name, steps=2)
+"""
+
+
+@pytest.fixture
+def world(tmp_path):
+    host = RecordingHost(tmp_path / "webui")
+    data = tmp_path / "dataset"
+    data.mkdir()
+    script = tmp_path / "trainer.py"
+    script.write_text(STAND_IN_TRAINER)
+    services = []
+
+    def make(**kwargs) -> TrainerService:
+        service = TrainerService(
+            host, trainer_command=lambda d, r: [sys.executable, str(script), str(d)], watch=False, **kwargs
+        )
+        services.append(service)
+        return service
+
+    yield host, data, make
+    for service in services:
+        for record in service.manager.list():
+            if record.status in ("running", "stopping"):
+                (data / "gate").touch()
+        for _ in range(100):
+            service.manager.poll()
+            if not any(r.status in ("running", "stopping", "queued") for r in service.manager.list()):
+                break
+            time.sleep(0.05)
+
+
+def _spec(data: Path, name: str = "hero") -> dict:
+    return {
+        "name": name,
+        "dataset": {"path": str(data), "trigger_word": "hr"},
+        "model": {"checkpoint": "current"},
+    }
+
+
+def _wait(manager: JobManager, job_id: str, status: str, timeout: float = 20.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        manager.poll()
+        record = manager.get(job_id)
+        if record.status == status:
+            return record
+        time.sleep(0.05)
+    raise AssertionError(f"{job_id} is {manager.get(job_id).status}, not {status}")
+
+
+def test_the_host_object_satisfies_the_protocol(tmp_path):
+    assert isinstance(RecordingHost(tmp_path), Host)
+
+
+def test_spec_gets_the_hosts_model_vae_type_and_lora_folder(world):
+    host, data, make = world
+    service = make()
+    spec, notes = service.prepare_spec(_spec(data))
+    assert spec["model"]["checkpoint"] == host.model.checkpoint
+    assert spec["model"]["vae"] == host.model.vae
+    assert spec["model"]["model_type"] == "sd2-v" and spec["model"]["prediction_type"] == "v_prediction"
+    assert spec["output"]["dir"] == str(host.lora_dir()) and spec["output"]["family_folder"] is True
+    assert spec["name"] == "hero" and notes == []
+    # Another checkpoint from the list: the host's type knowledge is not carried over to it.
+    spec, _ = service.prepare_spec(_spec(data), checkpoint="other.safetensors [def]")
+    assert spec["model"]["checkpoint"].endswith("other.safetensors") and spec["model"]["model_type"] is None
+    with pytest.raises(SpecError) as err:
+        service.prepare_spec(_spec(data), checkpoint="missing.safetensors [000]")
+    assert err.value.errors[0][0] == "model.checkpoint"
+    host.model = None
+    with pytest.raises(SpecError, match="no model loaded"):
+        service.prepare_spec(_spec(data))
+
+
+def test_taken_and_queued_names_are_never_reused(world):
+    host, data, make = world
+    service = make()
+    (host.lora_dir() / "chars").mkdir(parents=True)
+    (host.lora_dir() / "chars" / "hero.safetensors").write_bytes(b"x")
+    spec, notes = service.prepare_spec(_spec(data))
+    assert spec["name"] == "hero_2" and "hero_2" in notes[0]
+    first = service.submit(_spec(data))
+    second = service.submit(_spec(data))  # the first has not written anything yet
+    assert (first.output_name, second.output_name) == ("hero_2", "hero_3")
+
+
+def test_auto_gpu_mode(world):
+    host, data, make = world
+    need = estimated_need_bytes("sdxl")
+    assert choose_gpu_mode(host, "auto", need)[0] == EXCLUSIVE  # no CUDA: never compete for the CPU
+    host.free_vram = 40 * GIB
+    assert choose_gpu_mode(host, "auto", need)[0] == SHARED
+    host.free_vram = 8 * GIB
+    assert choose_gpu_mode(host, "auto", need)[0] == EXCLUSIVE
+    assert choose_gpu_mode(host, SHARED, need)[0] == SHARED
+    assert estimated_need_bytes("sdxl", gradient_checkpointing=True) < need < estimated_need_bytes("sdxl", 4)
+    submitted = make().submit(_spec(data))
+    assert submitted.gpu_mode == EXCLUSIVE and submitted.record.mode == EXCLUSIVE
+    assert submitted.record.gpu == "1" and any("GPU sharing" in n for n in submitted.notes)
+
+
+def test_exclusive_job_holds_the_generation_lock_and_restores_the_model(world):
+    host, data, make = world
+    service = make()
+    job = service.submit(_spec(data), gpu_mode=EXCLUSIVE).record.id
+    service.manager.poll()
+    assert service.manager.get(job).status == RUNNING
+    assert host.calls == ["lock", "unload"]
+    assert not host.lock.acquire(timeout=0.2)  # image generation would wait now
+    (data / "gate").touch()
+    record = _wait(service.manager, job, DONE)
+    assert record.files == [str(host.lora_dir() / "hero" / "hero.safetensors")]
+    assert host.calls == ["lock", "unload", "restore", "unlock", "refresh"]
+    assert host.lock.acquire(timeout=1)  # generation can go on
+    host.lock.release()
+
+
+def test_shared_job_touches_nothing_but_the_lora_list(world):
+    host, data, make = world
+    service = make()
+    job = service.submit(_spec(data), gpu_mode=SHARED).record.id
+    service.manager.poll()
+    assert host.lock.acquire(timeout=1)
+    host.lock.release()
+    (data / "gate").touch()
+    _wait(service.manager, job, DONE)
+    assert host.calls == ["refresh"]
+
+
+def test_exclusive_start_waits_for_a_running_generation(world):
+    host, data, make = world
+    service = make()
+    host.lock.acquire()  # a generation is under way
+    job = service.submit(_spec(data), gpu_mode=EXCLUSIVE).record.id
+    poller = threading.Thread(target=service.manager.poll)
+    poller.start()
+    time.sleep(0.3)
+    assert host.calls == [] and service.manager.progress(job)["status"] == RUNNING  # waiting for the lock
+    assert service.manager.get(job).pid is None  # no trainer process yet
+    host.lock.release()
+    poller.join(10)
+    assert host.calls == ["lock", "unload"] and service.manager.get(job).pid is not None
+
+
+def test_a_failed_unload_gives_the_lock_back_and_fails_the_job(world):
+    host, data, make = world
+
+    def broken():
+        raise RuntimeError("out of memory while moving the model")
+
+    host.unload_model = broken
+    service = make()
+    job = service.submit(_spec(data), gpu_mode=EXCLUSIVE).record.id
+    service.manager.poll()
+    record = service.manager.get(job)
+    assert record.status == FAILED and "out of memory" in record.error
+    assert host.lock.acquire(timeout=1)
+    host.lock.release()
+
+
+def test_reattach_after_a_webui_restart_redoes_the_handoff(world):
+    host, data, make = world
+    handoff = GpuHandoff(host)
+    record = type("R", (), {"id": "j1", "mode": EXCLUSIVE})()
+    handoff.after_reattach(record)
+    handoff.after_reattach(record)  # once only
+    assert host.calls == ["lock", "unload"] and handoff.holds("j1")
+    handoff.after_finish(record)
+    handoff.after_finish(record)
+    assert host.calls == ["lock", "unload", "restore", "unlock"]
+
+
+def test_new_epoch_files_refresh_the_lora_list_once(world):
+    host, data, make = world
+    service = make()
+    assert service.refresh_if_new_files("j", ["a.safetensors", "a.json"])
+    assert not service.refresh_if_new_files("j", ["a.safetensors", "a.json"])
+    assert service.refresh_if_new_files("j", ["a.safetensors", "b.safetensors"])
+    assert host.calls == ["refresh", "refresh"]
