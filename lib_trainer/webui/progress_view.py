@@ -435,17 +435,6 @@ def render_history_html(records: list | None, limit: int = 20, now: float | None
     )
 
 
-def job_choices(records: list | None) -> list[tuple[str, str]]:
-    """(label, id) pairs for a dropdown, in the manager's order: "name · status · id-suffix"."""
-    out = []
-    for r in records or []:
-        job_id = str(_get(r, "id") or "")
-        status = _get(r, "status") or ""
-        label = f"{_get(r, 'name') or job_id} · {STATUS_LABELS.get(status, status)} · {job_id[-4:]}"
-        out.append((label, job_id))
-    return out
-
-
 def sample_caption(path: str) -> str:
     """ "epoch 3 · prompt 1" for the trainer's sample names, else the file name without its extension."""
     name = os.path.basename(str(path))

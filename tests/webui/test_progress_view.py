@@ -338,18 +338,6 @@ def test_history_newest_first_with_errors_files_and_resumable():
     assert pv.render_history_html([r.to_dict() for r in records]).count("data-job=") == 3  # dicts work too
 
 
-def test_job_choices():
-    records = [record("20260101-120000-mychar-ab12", RUNNING, name="mychar"), record("x-cd34", DONE)]
-    assert pv.job_choices(records) == [
-        ("mychar · Training · ab12", "20260101-120000-mychar-ab12"),
-        ("x-cd34 · Done · cd34", "x-cd34"),
-    ]
-    assert pv.job_choices([]) == []
-
-
-# ---------------------------------------------------------------- gallery, durations, times
-
-
 def test_gallery_existing_files_newest_first(tmp_path):
     paths = [tmp_path / f"mychar_e{e:06d}_{i:02d}.png" for e in (1, 2, 3) for i in (0, 1)]
     for path in paths:

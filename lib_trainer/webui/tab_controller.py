@@ -1,0 +1,310 @@
+"""What the Train LoRA tab does, without gradio: every button and poll of the tab is a method here that
+takes plain values and returns plain values (HTML strings, lists). `ui.py` only wires these to components,
+so the tab's behaviour is tested without a browser or a WebUI.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..jobs import JobError
+from ..spec import SpecError, default_spec_dict
+from . import form_fields, progress_view
+from .dataset_summary import render_summary_html, summarize_dataset
+from .handoff import AUTO
+from .host_api import CURRENT
+from .install_status import InstallStatus
+from .presets import Preset, apply_preset
+from .service import TrainerService
+
+log = logging.getLogger("lib_trainer.webui")
+
+CURRENT_LABEL = "Loaded in the WebUI"
+TAB_LABELS = {
+    "name": "LoRA name",
+    "dataset.path": "Dataset folder",
+    "dataset.trigger_word": "Trigger word",
+    "model.checkpoint": "Base model",
+    "output.dir": "LoRA folder",
+}
+
+
+@dataclass
+class TabValues:
+    """The default view's inputs (everything else is in the Advanced section's FIELDS values)."""
+
+    dataset: str = ""
+    name: str = ""
+    trigger: str = ""
+    preset: str = ""
+    checkpoint: str = CURRENT_LABEL
+    gpu_mode: str = AUTO
+
+
+@dataclass
+class PollView:
+    job_choices: list[str]  # job ids (readable: time and name) - gradio 3.41 dropdowns take plain strings
+    selected: str | None
+    progress_html: str
+    loss_svg: str
+    gallery: list[tuple[str, str]]
+    log_html: str
+    queue_html: str
+    history_html: str
+    active: bool  # a job is queued or running (the browser polls faster)
+
+
+def _box(kind: str, lines: list[str]) -> str:
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return f'<div class="lora-trainer-message lora-trainer-{kind}"><ul>{items}</ul></div>'
+
+
+class TabController:
+    def __init__(self, service: TrainerService, install: InstallStatus | None = None):
+        self.service = service
+        self.install = install
+
+    # ------------------------------------------------------------ model and presets
+
+    @property
+    def host(self):
+        return self.service.host
+
+    def checkpoint_choices(self) -> list[str]:
+        return [CURRENT_LABEL, *(c.title for c in self.host.checkpoints())]
+
+    def model_html(self, checkpoint: str = CURRENT_LABEL) -> str:
+        """The base model as the user should see it: the loaded checkpoint, its VAE and type."""
+        choice = CURRENT if checkpoint in ("", CURRENT_LABEL, None) else checkpoint
+        try:
+            model = self.service.resolve_model(choice)
+        except SpecError as exc:
+            return _box("problems", [message for _, message in exc.errors])
+        vae = Path(model.vae).name if model.vae else "the one built into the checkpoint"
+        kind = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sd2-v": "SD 2.x (v-prediction)", "sdxl": "SDXL"}.get(
+            model.model_type or "", "detected when training starts"
+        )
+        state = "loaded in the WebUI" if model.loaded else "not loaded now"
+        rows = [("Checkpoint", model.title), ("VAE", vae), ("Model type", kind), ("State", state)]
+        body = "".join(
+            f'<div><span class="k">{html.escape(k)}</span> <span class="v">{html.escape(v)}</span></div>'
+            for k, v in rows
+        )
+        return f'<div class="lora-trainer-model">{body}</div>'
+
+    def preset_titles(self) -> list[str]:
+        return [p.title for p in self.service.presets.list()]
+
+    def default_preset(self) -> str:
+        """A built-in preset for the loaded model's family (SDXL or SD1.5); the first one otherwise."""
+        presets = [p for p in self.service.presets.list() if p.builtin]
+        if not presets:
+            return ""
+        model = self.host.loaded_model()
+        want_xl = model is not None and model.model_type == "sdxl"
+        for preset in presets:
+            if ("sdxl" in preset.title.lower()) == want_xl:
+                return preset.title
+        return presets[0].title
+
+    def initial_values(self) -> list[Any]:
+        """Advanced values for a fresh tab: the spec defaults with the default preset applied."""
+        spec = default_spec_dict()
+        title = self.default_preset()
+        if title:
+            spec = apply_preset(spec, self.service.presets.get(title))
+        spec.setdefault("model", {})["vae"] = CURRENT
+        return form_fields.values_from_spec(spec)
+
+    def apply_preset(self, title: str, values: list[Any]) -> tuple[list[Any], str]:
+        if not title:
+            return list(values), ""
+        try:
+            preset: Preset = self.service.presets.get(title)
+            spec = form_fields.spec_from_values(default_spec_dict(), values)
+        except (KeyError, SpecError) as exc:
+            return list(values), self._error_html(exc)
+        merged = apply_preset(spec, preset)
+        note = f'Preset "{preset.title}" applied.'
+        return form_fields.values_from_spec(merged), _box(
+            "info", [note, preset.description] if preset.description else [note]
+        )
+
+    def save_preset(self, title: str, values: list[Any]) -> tuple[str, list[str]]:
+        try:
+            spec = form_fields.spec_from_values(default_spec_dict(), values)
+            preset = self.service.presets.save(title, spec)
+        except (ValueError, SpecError) as exc:
+            return self._error_html(exc), self.preset_titles()
+        return _box("info", [f'Preset "{preset.title}" saved.']), self.preset_titles()
+
+    def delete_preset(self, title: str) -> tuple[str, list[str]]:
+        try:
+            self.service.presets.delete(title)
+        except (KeyError, ValueError) as exc:
+            return self._error_html(exc), self.preset_titles()
+        return _box("info", [f'Preset "{title}" deleted.']), self.preset_titles()
+
+    # ------------------------------------------------------------ dataset and start
+
+    def build_spec(self, tab: TabValues, values: list[Any]) -> dict[str, Any]:
+        base = default_spec_dict()
+        base["name"] = tab.name.strip()
+        base["dataset"]["path"] = tab.dataset.strip()
+        base["dataset"]["trigger_word"] = tab.trigger.strip()
+        base["model"]["checkpoint"] = CURRENT
+        base["output"]["dir"] = str(self.host.lora_dir())
+        return form_fields.spec_from_values(base, values)
+
+    def dataset_html(self, tab: TabValues, values: list[Any]) -> str:
+        if not tab.dataset.strip():
+            return ""
+        try:
+            spec = self.build_spec(tab, values)
+        except SpecError:
+            spec = default_spec_dict()
+        data, training = spec["dataset"], spec["training"]
+        model_type = None
+        if tab.checkpoint in ("", CURRENT_LABEL):
+            model = self.host.loaded_model()
+            model_type = model.model_type if model else None
+        summary = summarize_dataset(
+            tab.dataset,
+            caption_extension=data.get("caption_extension") or ".txt",
+            trigger_word=tab.trigger,
+            prepend_trigger_word=bool(data.get("prepend_trigger_word")),
+            resolution=training.get("resolution") or 512,
+            enable_bucket=bool(data.get("enable_bucket", True)),
+            min_bucket_reso=data.get("min_bucket_reso") or 256,
+            max_bucket_reso=data.get("max_bucket_reso"),
+            bucket_reso_steps=data.get("bucket_reso_steps"),
+            bucket_no_upscale=bool(data.get("bucket_no_upscale")),
+            model_type=model_type,
+        )
+        return render_summary_html(summary)
+
+    def name_hint(self, name: str) -> str:
+        name = (name or "").strip()
+        if not name:
+            return ""
+        free = self.service.free_name(name)
+        if free == name:
+            return ""
+        return _box("info", [f'A LoRA named "{name}" already exists; this one will be saved as "{free}".'])
+
+    def start(self, tab: TabValues, values: list[Any]) -> tuple[str, str | None]:
+        """(message HTML, id of the new job or None)."""
+        if self.install is not None and not self.install.ok:
+            return _box("problems", [self.install.message, self.install.fix]), None
+        checkpoint = CURRENT if tab.checkpoint in ("", CURRENT_LABEL) else tab.checkpoint
+        try:
+            spec = self.build_spec(tab, values)
+            submitted = self.service.submit(spec, checkpoint=checkpoint, gpu_mode=tab.gpu_mode or AUTO)
+        except SpecError as exc:
+            return self._error_html(exc), None
+        except JobError as exc:
+            return _box("problems", [str(exc)]), None
+        record = submitted.record
+        where = (
+            "It starts now." if record.position == 0 else f"It is number {record.position + 1} in the queue."
+        )
+        lines = [f'Training job for "{submitted.output_name}" queued. {where}', *submitted.notes]
+        return _box("info", lines), record.id
+
+    def _error_html(self, exc: Exception) -> str:
+        if isinstance(exc, SpecError):
+            lines = [self._explain(path, message) for path, message in exc.errors] or [str(exc)]
+        else:
+            lines = [str(exc.args[0]) if exc.args else str(exc)]
+        return _box("problems", lines)
+
+    @staticmethod
+    def _explain(path: str, message: str) -> str:
+        """ "Label: message" for a field error, in the words the tab shows (not the spec's dotted path)."""
+        prompt = re.match(r"samples\.prompts\[(\d+)\]", path)
+        if path in TAB_LABELS:
+            label = TAB_LABELS[path]
+        elif prompt:
+            label = f"Sample prompts, prompt {int(prompt.group(1)) + 1}"
+        else:
+            try:
+                label = form_fields.field_by_path(path).label
+            except KeyError:
+                label = path
+        return message if message.startswith(f"{label}:") else f"{label}: {message}"
+
+    # ------------------------------------------------------------ following jobs
+
+    def pick_job(self, selected: str | None) -> str | None:
+        """The job to show: the user's pick if it still exists, else the running one, else the newest."""
+        records = self.service.manager.list()
+        ids = [r.id for r in records]
+        if selected in ids:
+            return selected
+        return ids[0] if ids else None
+
+    def poll(self, selected: str | None = None) -> PollView:
+        manager = self.service.manager
+        records = manager.list()
+        job_id = self.pick_job(selected)
+        progress = None
+        if job_id is not None:
+            try:
+                progress = manager.progress(job_id)
+            except JobError:
+                progress = None
+        if progress is not None:
+            self.service.refresh_if_new_files(job_id, progress.get("files") or [])
+        active = any(r.status in ("queued", "running", "stopping") for r in records)
+        return PollView(
+            job_choices=[r.id for r in records],
+            selected=job_id,
+            progress_html=progress_view.render_progress_html(progress),
+            loss_svg=progress_view.render_loss_chart_svg(progress.get("loss_history") if progress else []),
+            gallery=progress_view.gallery_items(progress),
+            log_html=progress_view.render_log_html(progress.get("log_tail") if progress else []),
+            queue_html=progress_view.render_queue_html(records),
+            history_html=progress_view.render_history_html(records),
+            active=active,
+        )
+
+    def act(self, action: str, job_id: str | None) -> str:
+        """Cancel / resume / remove / move a job; returns a message box."""
+        if not job_id:
+            return _box("problems", ["Pick a job first."])
+        manager = self.service.manager
+        try:
+            record = manager.get(job_id)
+            if action == "cancel":
+                record = manager.cancel(job_id)
+                text = (
+                    f'Stopping "{record.name}": it saves what it has, then stops. Press Cancel again to stop at once.'
+                    if record.status == "stopping"
+                    else f'"{record.name}" was cancelled.'
+                )
+            elif action == "resume":
+                manager.resume(job_id)
+                text = f'"{record.name}" will continue from its last saved state.'
+            elif action == "remove":
+                manager.remove(job_id)
+                text = f'"{record.name}" was removed from the list (its LoRA files stay).'
+            elif action in ("up", "down"):
+                if record.position is None:
+                    return _box("problems", ["Only waiting jobs can be moved."])
+                manager.move(job_id, max(0, record.position + (-1 if action == "up" else 1)))
+                text = f'"{record.name}" moved {action}.'
+            else:
+                raise ValueError(f"unknown action {action!r}")
+        except JobError as exc:
+            return _box("problems", [str(exc)])
+        return _box("info", [text])
+
+    def install_html(self) -> str:
+        if self.install is None or self.install.ok:
+            return ""
+        return _box("problems", [self.install.message, self.install.fix])

@@ -1,0 +1,137 @@
+"""The Train LoRA tab built with the WebUI's gradio (3.41 in .venv-webui), driven through its own wiring.
+
+The handlers are called the way gradio calls them: the functions registered on the components, with the
+inputs those registrations list, so a mismatch between the components and a handler's arguments fails here.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import gradio as gr
+import pytest
+from recording_host import RecordingHost
+
+from lib_trainer.webui import form_fields
+from lib_trainer.webui.service import TrainerService
+from lib_trainer.webui.tab_controller import TabController
+from lib_trainer.webui.ui import TAB_ID, TAB_TITLE, build_tab
+
+STAND_IN = r"""
+import json, sys, time
+from pathlib import Path
+job = Path(sys.argv[1])
+spec = json.loads((job / "job.json").read_text())
+out = Path(spec["output"]["dir"]) / spec["name"]
+out.mkdir(parents=True, exist_ok=True)
+(out / (spec["name"] + ".safetensors")).write_bytes(b"x")
+with (job / "events.jsonl").open("a") as f:
+    f.write(json.dumps({"seq": 1, "time": time.time(), "type": "start", "name": spec["name"]}) + "\n")
+    f.write(json.dumps({"seq": 2, "time": time.time(), "type": "done", "output_name": spec["name"],
+                        "files": [str(out / (spec["name"] + ".safetensors"))]}) + "\n")
+"""
+
+
+@pytest.fixture
+def tab(tmp_path):
+    host = RecordingHost(tmp_path / "webui")
+    script = tmp_path / "trainer.py"
+    script.write_text(STAND_IN)
+    service = TrainerService(
+        host, trainer_command=lambda d, r: [sys.executable, str(script), str(d)], watch=False
+    )
+    built = build_tab(TabController(service))
+    return host, service, built
+
+
+def _handler(blocks, trigger, event: str, fn_name: str):
+    """The registered function for `trigger`'s `event`, with its input and output components."""
+    by_id = {c._id: c for c in blocks.blocks.values()}
+    for dep, fn in zip(blocks.dependencies, blocks.fns, strict=True):
+        if trigger._id in dep["targets"] and dep["trigger"] == event and fn.fn.__name__ == fn_name:
+            return fn.fn, [by_id[i] for i in dep["inputs"]], [by_id[i] for i in dep["outputs"]]
+    raise AssertionError(f"no {fn_name} on {event} of {trigger.elem_id}")
+
+
+def test_tab_has_every_field_with_its_id_and_tooltip(tab):
+    _, _, built = tab
+    assert (TAB_TITLE, TAB_ID) == ("Train LoRA", "lora_trainer")
+    ids = {getattr(b, "elem_id", None) for b in built.blocks.blocks.values()}
+    for elem_id in (
+        "lora_trainer_dataset",
+        "lora_trainer_dataset_summary",
+        "lora_trainer_name",
+        "lora_trainer_trigger",
+        "lora_trainer_preset",
+        "lora_trainer_start",
+        "lora_trainer_model",
+        "lora_trainer_checkpoint",
+        "lora_trainer_progress",
+        "lora_trainer_cancel",
+        "lora_trainer_message",
+        "lora_trainer_poll",
+        "lora_trainer_gallery",
+        "lora_trainer_log",
+        "lora_trainer_queue",
+        "lora_trainer_history",
+    ):
+        assert elem_id in ids, elem_id
+    for spec in form_fields.FIELDS:
+        component = built.fields[spec.path]
+        assert component.elem_id == spec.elem_id
+        assert built.tooltips[spec.elem_id] == spec.tooltip
+    built.blocks.get_config_file()  # everything serialises for the browser
+
+
+def test_model_and_preset_are_shown(tab):
+    host, _, built = tab
+    assert "base.safetensors [abc]" in built.named["model"].value
+    assert "SD 2.x (v-prediction)" in built.named["model"].value
+    assert built.named["preset"].value in built.named["preset"].choices
+
+
+def test_start_poll_and_files_through_the_wiring(tab, tmp_path):
+    host, service, built = tab
+    blocks, named = built.blocks, built.named
+    dataset = tmp_path / "data"
+    dataset.mkdir()
+    start, inputs, outputs = _handler(blocks, named["start"], "click", "on_start")
+    values = {c: c.value for c in inputs}
+    values[named["dataset"]] = str(dataset)
+    values[named["name"]] = "hero"
+    values[named["trigger"]] = "hr"
+    message, job_update = start(*[values[c] for c in inputs])
+    assert "queued" in message, message
+    job_id = job_update["value"]
+    assert service.manager.get(job_id).name == "hero"
+    deadline = time.time() + 20
+    while service.manager.get(job_id).status != "done" and time.time() < deadline:
+        service.manager.poll()
+        time.sleep(0.05)
+    poll, inputs, outputs = _handler(blocks, named["poll"], "click", "on_poll")
+    result = dict(zip(outputs, poll(job_id, "Loaded in the WebUI", None), strict=True))
+    assert 'data-status="done"' in result[named["progress"]]
+    assert "hero.safetensors" in result[named["progress"]]
+    assert result[named["job"]]["value"] == job_id
+    assert "refresh" in host.calls  # the WebUI's LoRA list was rescanned when the file landed
+
+
+def test_start_errors_name_the_field(tab):
+    _, _, built = tab
+    start, inputs, _ = _handler(built.blocks, built.named["start"], "click", "on_start")
+    values = {c: c.value for c in inputs}
+    message, job_update = start(*[values[c] for c in inputs])
+    assert "Dataset folder" in message and "LoRA name" in message
+    assert job_update == gr.update()
+
+
+def test_preset_change_rewrites_the_advanced_fields(tab):
+    _, service, built = tab
+    change, inputs, outputs = _handler(built.blocks, built.named["preset"], "change", "on_preset")
+    sdxl = next(p for p in service.presets.list() if "SDXL" in p.title)
+    values = [c.value for c in inputs[1:]]
+    result = dict(zip(outputs, change(sdxl.title, *values), strict=True))
+    resolution = built.fields["training.resolution"]
+    assert str(result[resolution]).startswith("1024")
+    assert sdxl.title in result[built.named["message"]]
