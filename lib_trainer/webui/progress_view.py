@@ -27,7 +27,7 @@ STATUS_LABELS = {
     RESUMABLE: "Stopped",
 }
 GPU_MODE_LABELS = {"exclusive": "Exclusive GPU", "shared": "Shared GPU"}
-IDLE_TEXT = "No training job yet. Pick a dataset folder and press Start."
+IDLE_TEXT = "No training job yet. Pick a dataset folder and press Start training."
 NO_QUEUE_TEXT = "No jobs waiting."
 NO_HISTORY_TEXT = "No finished jobs yet."
 NO_LOG_TEXT = "No log lines yet."
