@@ -1,8 +1,15 @@
-"""Shared fixtures: tiny random checkpoints and a small generated dataset, made once per test session."""
+"""Shared fixtures: tiny random checkpoints and a small generated dataset, made once per test session.
+
+Two environments run this suite (see the README): the trainer's `.venv` runs everything but tests/webui,
+and `.venv-webui`, a stand-in for the WebUI's own Python (its gradio and pydantic 1, and no torch), runs
+tests/webui. Which tests an environment collects follows from what it can import, found without importing
+anything (torch must never be imported here).
+"""
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 from pathlib import Path
 
@@ -10,6 +17,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Without gradio (the trainer's .venv): not the WebUI-side tests. Without torch (.venv-webui): only those.
+collect_ignore = [] if importlib.util.find_spec("gradio") else ["webui"]
+collect_ignore_glob = [] if importlib.util.find_spec("torch") else ["test_*.py"]
 
 
 @pytest.fixture(scope="session")
