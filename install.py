@@ -159,7 +159,10 @@ def run(cmd: list[str]) -> None:
 
 
 def pip_install(python: Path, *args: str) -> None:
-    run([str(python), "-m", "pip", "install", "--disable-pip-version-check", *args])
+    # The WebUI lets users point its pip at a mirror with INDEX_URL; follow the same setting.
+    index = os.environ.get("INDEX_URL", "").strip()
+    extra = ["--index-url", index] if index else []
+    run([str(python), "-m", "pip", "install", "--disable-pip-version-check", *extra, *args])
 
 
 class BrokenVenv(Exception):
