@@ -210,9 +210,13 @@ class TabController:
         except JobError as exc:
             return _box("problems", [str(exc)]), None
         record = submitted.record
-        where = (
-            "It starts now." if record.position == 0 else f"It is number {record.position + 1} in the queue."
-        )
+        busy = any(r.is_active for r in self.service.manager.list())
+        if record.position == 0 and not busy:
+            where = "It starts now."
+        elif record.position == 0:
+            where = "It starts when the running job ends."
+        else:
+            where = f"It is number {(record.position or 0) + 1} in the queue."
         lines = [f'Training job for "{submitted.output_name}" queued. {where}', *submitted.notes]
         return _box("info", lines), record.id
 
