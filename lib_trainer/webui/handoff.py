@@ -84,7 +84,7 @@ class GpuHandoff:
             self._held.discard(record.id)
         try:
             self.host.restore_model()
-            log.info("training job %s ended; the WebUI's model is back on the GPU", record.id)
+            log.info("training job %s ended; the WebUI's model is back on its device", record.id)
         finally:
             self.host.release_generation_lock()
 
@@ -101,4 +101,4 @@ class GpuHandoff:
             raise
         with self._lock:
             self._held.add(record.id)
-        log.info("training job %s has the GPU; the WebUI's model was moved to RAM", record.id)
+        log.info("training job %s runs alone; the WebUI's model was moved out of VRAM", record.id)

@@ -129,7 +129,11 @@ class TabController:
             spec = form_fields.spec_from_values(default_spec_dict(), values)
         except (KeyError, SpecError) as exc:
             return list(values), self._error_html(exc)
-        merged = apply_preset(spec, preset)
+        # A preset is applied to the defaults, not on top of the previous preset, so picking it always gives
+        # the same settings; only what describes this run's content (sample prompts, VAE) is kept.
+        merged = apply_preset(default_spec_dict(), preset)
+        merged["model"]["vae"] = spec["model"].get("vae", CURRENT)
+        merged["samples"]["prompts"] = spec["samples"].get("prompts", [])
         note = f'Preset "{preset.title}" applied.'
         return form_fields.values_from_spec(merged), _box(
             "info", [note, preset.description] if preset.description else [note]

@@ -260,7 +260,7 @@ def build_tab(controller: TabController) -> TabComponents:
 
         preset.change(
             on_preset, inputs=[preset, *field_components], outputs=[*field_components, message], queue=False
-        )
+        ).then(on_dataset, inputs=tab_inputs + field_components, outputs=[summary], queue=False)
 
         def on_save(title: str, *adv):
             note, titles = controller.save_preset(title, list(adv))

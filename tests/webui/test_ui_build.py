@@ -135,3 +135,21 @@ def test_preset_change_rewrites_the_advanced_fields(tab):
     resolution = built.fields["training.resolution"]
     assert str(result[resolution]).startswith("1024")
     assert sdxl.title in result[built.named["message"]]
+
+
+def test_presets_do_not_stack(tab):
+    """Picking a preset gives the same settings whatever was picked before it."""
+    _, service, built = tab
+    service.presets.save("Only 64 px", {"training": {"resolution": 64}})
+    change, inputs, outputs = _handler(built.blocks, built.named["preset"], "change", "on_preset")
+    low_vram = next(
+        p for p in service.presets.list() if p.builtin and p.spec["training"]["gradient_checkpointing"]
+    )
+    values = [c.value for c in inputs[1:]]
+    after_builtin = dict(zip(outputs, change(low_vram.title, *values), strict=True))
+    checkpointing = built.fields["training.gradient_checkpointing"]
+    assert after_builtin[checkpointing] is True
+    values = [after_builtin[c] for c in inputs[1:]]
+    after_user = dict(zip(outputs, change("Only 64 px", *values), strict=True))
+    assert after_user[checkpointing] is False  # back to the default, not left over from the previous preset
+    assert str(after_user[built.fields["training.resolution"]]) == "64"
