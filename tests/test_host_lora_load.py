@@ -24,73 +24,35 @@ The host writes its config, cache and outputs to a temp ``--data-dir``, never in
 
 from __future__ import annotations
 
-import base64
-import io
-import json
-import os
 import re
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from conftest import base_spec
-from PIL import Image
+from host_support import (
+    LORA_TRACE_WORDS,
+    Generated,
+    Host,
+    host_paths,
+    log_problems,
+    request,
+    safetensors_metadata,
+    start_webui,
+    stop,
+    tracebacks_mentioning,
+    txt2img,
+    wait_for_api,
+)
 
 pytestmark = pytest.mark.host
 
 LORA_NAME = "host_check_lora"
-START_TIMEOUT_S = 360.0
-REQUEST_TIMEOUT_S = 600.0
-# What A1111's Lora loader prints (with --loglevel DEBUG) when a file or some of its keys do not load.
-LOG_PROBLEMS = (
-    "didn't match keys",
-    "Failed to match keys",
-    "unmatched",
-    "Failed to load network",
-    "loading network",
-    "Couldn't find network",
-    "Lora not found",
-    "Networks with errors",
-    "couldn't find supported operation",
-)
-# A traceback that mentions one of these came from (or through) the Lora extension; others are not ours.
-LORA_TRACE_WORDS = ("extensions-builtin/Lora", "networks.py", "network.py", "lora")
 
-
-def _host_paths() -> tuple[Path, Path]:
-    """The WebUI checkout and its Python, or skip the module saying what to set."""
-    webui = os.environ.get("SD_WEBUI_DIR")
-    if not webui:
-        pytest.skip(
-            "set SD_WEBUI_DIR to an A1111 WebUI checkout to run the host LoRA test", allow_module_level=True
-        )
-    webui_dir = Path(webui).expanduser()
-    if not (webui_dir / "launch.py").is_file():
-        pytest.skip(
-            f"SD_WEBUI_DIR={webui_dir} has no launch.py; point it at an A1111 WebUI checkout",
-            allow_module_level=True,
-        )
-    python = os.environ.get("SD_WEBUI_PYTHON")
-    host_python = Path(python).expanduser() if python else webui_dir / "venv" / "bin" / "python"
-    if not host_python.is_file():
-        pytest.skip(
-            f"no host Python at {host_python}; set SD_WEBUI_PYTHON to the WebUI's Python",
-            allow_module_level=True,
-        )
-    return webui_dir, host_python
-
-
-WEBUI_DIR, HOST_PYTHON = _host_paths()
+WEBUI_DIR, HOST_PYTHON = host_paths("the host LoRA test")
 
 
 @dataclass(frozen=True)
@@ -101,22 +63,6 @@ class TrainedLora:
     metadata: dict[str, str]
     checkpoint: Path
     models_dir: Path
-
-
-@dataclass(frozen=True)
-class Host:
-    """A running WebUI: its API base URL and the log file its stdout and stderr go to."""
-
-    url: str
-    log: Path
-    process: subprocess.Popen
-
-
-def _safetensors_metadata(path: Path) -> dict[str, str]:
-    """The `__metadata__` of a safetensors file, read with the standard library only."""
-    with path.open("rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        return json.loads(f.read(size)).get("__metadata__", {})
 
 
 @pytest.fixture(scope="module")
@@ -155,57 +101,8 @@ def trained_lora(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedLo
     assert code == 0, (root / "job" / "events.jsonl").read_text()[-2000:]
     path = models / "Lora" / f"{LORA_NAME}.safetensors"
     assert path.is_file()
-    yield TrainedLora(path, _safetensors_metadata(path), checkpoint, models)
+    yield TrainedLora(path, safetensors_metadata(path), checkpoint, models)
     checkpoint.unlink(missing_ok=True)
-
-
-def _free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now (the host binds it a few seconds later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _request(url: str, payload: dict[str, Any] | None = None, timeout: float = REQUEST_TIMEOUT_S) -> Any:
-    """GET (or POST `payload` as JSON) and decode the JSON answer; urllib keeps the test dependency-free."""
-    data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read())
-
-
-def _log_tail(log: Path, chars: int = 4000) -> str:
-    return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
-
-
-def _wait_for_api(host: Host, checkpoint: Path) -> None:
-    """Poll /sdapi/v1/sd-models until it lists our checkpoint; fail early if the host process dies."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if host.process.poll() is not None:
-            pytest.fail(f"WebUI exited with {host.process.returncode} while starting:\n{_log_tail(host.log)}")
-        try:
-            models = _request(f"{host.url}/sdapi/v1/sd-models", timeout=10)
-            if any(Path(m["filename"]).name == checkpoint.name for m in models):
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
-            pass
-        time.sleep(2)
-    pytest.fail(f"WebUI API did not answer within {START_TIMEOUT_S:.0f} s:\n{_log_tail(host.log)}")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Terminate the host's whole process group (launch.py starts the server in the same group)."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -213,32 +110,7 @@ def host(trained_lora: TrainedLora, tmp_path_factory: pytest.TempPathFactory) ->
     """Start the WebUI offline on CPU in fp32, seeing only our checkpoint and our LoRA; stop it at teardown."""
     data_dir = tmp_path_factory.mktemp("webui-data")
     log = data_dir / "webui.log"
-    port = _free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env.pop("COMMANDLINE_ARGS", None)  # A1111 appends it to argv; keep the run defined by the flags below
-    if os.environ.get("SD_WEBUI_HF_HOME"):
-        env["HF_HOME"] = os.environ["SD_WEBUI_HF_HOME"]
     args = [
-        str(HOST_PYTHON),
-        "launch.py",
-        "--api",
-        "--port",
-        str(port),
-        "--skip-prepare-environment",
-        "--skip-install",
-        "--skip-python-version-check",
-        "--skip-torch-cuda-test",
-        "--skip-version-check",
-        "--use-cpu",
-        "all",
-        "--no-half",
-        "--precision",
-        "full",
-        "--no-download-sd-model",
-        "--loglevel",
-        "DEBUG",
-        "--data-dir",
-        str(data_dir),
         "--ckpt-dir",
         str(trained_lora.models_dir / "Stable-diffusion"),
         "--lora-dir",
@@ -246,52 +118,13 @@ def host(trained_lora: TrainedLora, tmp_path_factory: pytest.TempPathFactory) ->
         "--ckpt",
         str(trained_lora.checkpoint),
     ]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            args, cwd=WEBUI_DIR, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    started = Host(f"http://127.0.0.1:{port}", log, process)
+    started = start_webui(WEBUI_DIR, HOST_PYTHON, data_dir, log, args)
     try:
-        _wait_for_api(started, trained_lora.checkpoint)
+        wait_for_api(started, trained_lora.checkpoint)
         yield started
     finally:
-        _stop(process)
+        stop(started.process)
         sys.stderr.write(f"\nWebUI log: {log}\n")
-
-
-@dataclass(frozen=True)
-class Generated:
-    """One txt2img result: the image as a uint8 array and its infotext."""
-
-    pixels: np.ndarray
-    infotext: str
-
-
-def _txt2img(host: Host, prompt: str) -> Generated:
-    """A 64x64, 2-step Euler image with a fixed seed: cheap on CPU and deterministic for the same prompt."""
-    payload = {
-        "prompt": prompt,
-        "negative_prompt": "",
-        "seed": 1234,
-        "subseed": -1,
-        "subseed_strength": 0,
-        "sampler_name": "Euler",
-        "scheduler": "Automatic",
-        "steps": 2,
-        "cfg_scale": 7,
-        "width": 64,
-        "height": 64,
-        "batch_size": 1,
-        "n_iter": 1,
-        "send_images": True,
-        "save_images": False,
-        # Live previews would want models/VAE-approx under the empty --data-dir (a download, offline).
-        "override_settings": {"live_previews_enable": False},
-    }
-    answer = _request(f"{host.url}/sdapi/v1/txt2img", payload)
-    image = Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).convert("RGB")
-    info = json.loads(answer["info"])
-    return Generated(np.asarray(image), info["infotexts"][0])
 
 
 @pytest.fixture(scope="module")
@@ -299,16 +132,16 @@ def images(host: Host) -> dict[str, Generated]:
     """The same seed twice without the LoRA and once with it, generated once for all tests below."""
     plain = "a sks shape"
     return {
-        "plain": _txt2img(host, plain),
-        "plain_again": _txt2img(host, plain),
-        "lora": _txt2img(host, f"{plain} <lora:{LORA_NAME}:1>"),
+        "plain": txt2img(host, plain),
+        "plain_again": txt2img(host, plain),
+        "lora": txt2img(host, f"{plain} <lora:{LORA_NAME}:1>"),
     }
 
 
 def test_host_lists_lora_with_our_alias_and_base_version(host: Host, trained_lora: TrainedLora) -> None:
     """A1111 takes the alias from ss_output_name and the SD version from ss_base_model_version."""
-    _request(f"{host.url}/sdapi/v1/refresh-loras", {})
-    loras = _request(f"{host.url}/sdapi/v1/loras")
+    request(f"{host.url}/sdapi/v1/refresh-loras", {})
+    loras = request(f"{host.url}/sdapi/v1/loras")
     ours = [lora for lora in loras if Path(lora["path"]).resolve() == trained_lora.path.resolve()]
     assert len(ours) == 1, loras
     lora = ours[0]
@@ -330,10 +163,9 @@ def test_host_loaded_every_key_without_complaint(
 ) -> None:
     """The loader logs unmatched keys only at DEBUG and carries on, so a silent partial load needs this grep."""
     log = host.log.read_text(errors="replace")
-    problems = [line for line in log.splitlines() if any(p.lower() in line.lower() for p in LOG_PROBLEMS)]
+    problems = log_problems(log)
     assert not problems, "\n".join(problems)
-    tracebacks = [log[m.start() : m.start() + 3000] for m in re.finditer("Traceback", log)]
-    ours = [tb for tb in tracebacks if any(word in tb for word in (*LORA_TRACE_WORDS, LORA_NAME))]
+    ours = tracebacks_mentioning(log, (*LORA_TRACE_WORDS, LORA_NAME))
     assert not ours, "\n\n".join(ours)
 
     infotext = images["lora"].infotext
