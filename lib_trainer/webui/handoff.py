@@ -19,7 +19,6 @@ log = logging.getLogger("lib_trainer.webui")
 AUTO = "auto"
 EXCLUSIVE = "exclusive"
 SHARED = "shared"
-GPU_MODE_CHOICES = (AUTO, EXCLUSIVE, SHARED)
 
 GIB = 1024**3
 # Rough peak VRAM of a LoRA run at batch 1 and the family's usual resolution (fp16/bf16 weights), from

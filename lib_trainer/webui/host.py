@@ -8,7 +8,6 @@ host's code are to A1111 v1.10.1 (see the project's host contract notes).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -190,7 +189,3 @@ def _free_cuda_cache() -> None:
         devices.torch_gc()
     except Exception:  # noqa: BLE001 - only a cache flush
         log.debug("torch_gc failed", exc_info=True)
-
-
-def extension_root() -> Path:
-    return Path(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
