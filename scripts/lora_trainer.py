@@ -1,4 +1,4 @@
-"""Registers the "Train LoRA" tab with the WebUI. Thin on purpose: the logic is in lib_trainer.webui.
+"""Registers the "Train LoRA" tab and the X/Y/Z plot's "LoRA NUM" / "LoRA STRENGTH" axes with the WebUI. Thin on purpose: the logic is in lib_trainer.webui.
 
 The WebUI runs this file on every start and on "Reload UI". The job service lives in a normally imported
 module (lib_trainer.webui.service), so a reload gets the same service and the same running jobs back.
@@ -37,10 +37,34 @@ def on_ui_tabs():
     return [(tab.blocks, TAB_TITLE, TAB_ID)]
 
 
+def register_xyz_axes() -> None:
+    """Append the two axes to the host's X/Y/Z plot (idempotent). Called at import, because under
+    --nowebui the API builds the script's axis list before any UI callback, and again before every UI
+    build, because "Reload UI" re-runs the X/Y/Z script with a fresh list."""
+    from lib_trainer.webui.xyz_axes import LoraAxes, register_axes
+
+    host = WebUIHost()
+    try:
+        module = host.xyz_module()
+        if module is None:
+            log.warning(
+                "the WebUI's X/Y/Z plot script is not loaded; the LoRA NUM / STRENGTH axes are not added"
+            )
+            return
+        added = register_axes(module, LoraAxes(host.lora_names))
+    except Exception:  # noqa: BLE001 - a changed X/Y/Z script must not take the tab down with it
+        log.exception("could not add the LoRA NUM / STRENGTH axes to the X/Y/Z plot")
+        return
+    if added:
+        log.debug("added X/Y/Z plot axes: %s", ", ".join(added))
+
+
 def on_app_started(_demo, _app):
     # Also under --nowebui (no tab): queued jobs start and running ones are followed again.
     _service()
 
 
+register_xyz_axes()
+script_callbacks.on_before_ui(register_xyz_axes)
 script_callbacks.on_ui_tabs(on_ui_tabs)
 script_callbacks.on_app_started(on_app_started)

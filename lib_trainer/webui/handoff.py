@@ -66,6 +66,11 @@ class GpuHandoff:
         with self._lock:
             return job_id in self._held
 
+    def holder(self) -> str | None:
+        """The job that holds the generation lock now (an exclusive run), if any."""
+        with self._lock:
+            return next(iter(self._held), None)
+
     def before_start(self, record: JobRecord) -> None:
         if record.mode != EXCLUSIVE:
             return

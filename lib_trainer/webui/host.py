@@ -7,13 +7,18 @@ host's code are to A1111 v1.10.1 (see the project's host contract notes).
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from modules import call_queue, paths, paths_internal, sd_models, shared
 
+from .compare import CompareRequest, GridResult
 from .host_api import CheckpointChoice, ModelInfo
+from .xyz_axes import XYZ_TITLE, AxisError, xyz_run_kwargs
 
 log = logging.getLogger("lib_trainer.webui")
 
@@ -164,6 +169,86 @@ class WebUIHost:
             log.debug("the Lora built-in is not loaded; cannot refresh its list")
             return
         networks.list_available_networks()
+
+    def lora_names(self, refresh: bool = False) -> list[str]:
+        networks = sys.modules.get("networks")
+        if networks is None or not hasattr(networks, "available_networks"):
+            raise AxisError("The WebUI's built-in Lora extension is not loaded; it is needed for LoRA tags.")
+        if refresh:
+            networks.list_available_networks()
+        return list(networks.available_networks)
+
+    # ------------------------------------------------------------ X/Y/Z plot
+
+    def xyz_module(self) -> Any | None:
+        """The host's own X/Y/Z plot script module. It cannot be imported by name, and "Reload UI" makes a
+        new one, so it is looked up in the host's script list every time (an extension's file of the same
+        name is not the one: it must sit in the WebUI's own scripts folder)."""
+        from modules import scripts
+
+        for data in scripts.scripts_data:
+            if os.path.basename(data.path) == "xyz_grid.py" and data.basedir == paths.script_path:
+                return data.module
+        return None
+
+    def run_lora_grid(self, request: CompareRequest) -> GridResult:
+        """Run the X/Y/Z plot in txt2img like the user would, without other scripts (a clean comparison).
+        The caller holds the generation lock."""
+        from modules import processing, scripts
+        from modules.shared import opts, state
+
+        script = next((s for s in scripts.scripts_txt2img.scripts if s.title().lower() == XYZ_TITLE), None)
+        module = self.xyz_module()
+        if script is None or module is None:
+            raise AxisError(
+                "The WebUI's X/Y/Z plot script is not loaded, so the comparison grid cannot be made."
+            )
+        if not getattr(script, "current_axis_options", None):  # its ui() has not run (no UI was built)
+            script.current_axis_options = [
+                o for o in module.axis_options if type(o) is module.AxisOption or not o.is_img2img
+            ]
+        labels = [o.label for o in script.current_axis_options]
+        kwargs = xyz_run_kwargs(script.run, labels, request.axes())
+        p = processing.StableDiffusionProcessingTxt2Img(
+            sd_model=shared.sd_model,
+            outpath_samples=opts.outdir_samples or opts.outdir_txt2img_samples,
+            outpath_grids=opts.outdir_grids or opts.outdir_txt2img_grids,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            seed=request.seed,
+            sampler_name=request.sampler,
+            steps=request.steps,
+            cfg_scale=request.cfg_scale,
+            width=request.width,
+            height=request.height,
+            batch_size=1,
+            n_iter=1,
+            do_not_save_samples=True,
+        )
+        p.scripts = None  # no always-on scripts of other extensions in the comparison
+        state.begin(job="lora_trainer_compare")
+        try:
+            processed = script.run(p, **kwargs)
+        finally:
+            state.end()
+            p.close()
+        if processed is None or not processed.images:
+            raise RuntimeError(
+                "The grid could not be made (interrupted, or see the WebUI console for the error)."
+            )
+        grid, infotext = processed.images[0], (processed.infotexts or [""])[0]
+        return GridResult(png=_png_bytes(grid, infotext), infotext=infotext)
+
+
+def _png_bytes(image: Any, infotext: str) -> bytes:
+    """PNG with the infotext in the "parameters" text chunk, as the WebUI saves it (PNG Info reads it)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", infotext)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
 
 
 def _model_type(model) -> tuple[str | None, str | None]:

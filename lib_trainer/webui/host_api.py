@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .compare import CompareRequest, GridResult
 
 CURRENT = "current"  # the checkpoint (or VAE) the WebUI has loaded right now
 
@@ -79,3 +82,10 @@ class Host(Protocol):
 
     def refresh_loras(self) -> None:
         """Rescan the LoRA folder so new files show up in the WebUI's Lora list."""
+
+    def lora_names(self, refresh: bool = False) -> list[str]:
+        """The names (file stems) in the WebUI's Lora list; `refresh` rescans the folder first."""
+
+    def run_lora_grid(self, request: CompareRequest) -> GridResult:
+        """Make an epoch x strength grid with the WebUI's txt2img and X/Y/Z plot (the caller holds the
+        generation lock). Raises with a message for the user when it cannot."""

@@ -92,10 +92,15 @@ def missing_epochs_message(family: str, values: Iterable[str], names: Iterable[s
     if not missing:
         return None
     epochs = families_with_epochs(names).get(family, [])
-    have = ", ".join(str(e) for e in epochs) or "none"
-    final = " and final" if family in names else ""
     wanted = ", ".join(num_label(v) for v in missing)
-    return f'LoRA "{family}" has no file for {wanted}. Saved epochs: {have}{final}.'
+    if epochs:
+        have = ", ".join(str(e) for e in epochs) + (" and final" if family in names else "")
+        listing = f"Saved epochs: {have}."
+    elif family in names:
+        listing = "It has only the final file (no per-epoch files were saved)."
+    else:
+        listing = "The WebUI's LoRA list has no file of it."
+    return f'LoRA "{family}" has no file for {wanted}. {listing}'
 
 
 def _set_weight(items: list[str], weight: float) -> list[str]:

@@ -9,6 +9,7 @@ UI" gets the same one (and the same running jobs) back.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -18,9 +19,12 @@ from typing import Any
 from ..export.lora_names import next_free_name
 from ..jobs import ACTIVE, QUEUED, JobHooks, JobManager, JobRecord, get_manager, make_trainer_command
 from ..jobs.process import TrainerCommand, trainer_python
+from ..jobs.records import DONE
 from ..spec import SpecError, spec_from_dict, spec_to_dict
+from . import compare as grids
 from .handoff import AUTO, GpuHandoff, choose_gpu_mode, estimated_need_bytes
 from .host_api import CURRENT, Host, ModelInfo
+from .lora_tags import expand_num_values, missing_epochs_message
 from .presets import PresetStore
 
 log = logging.getLogger("lib_trainer.webui")
@@ -38,6 +42,20 @@ class Submitted:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Compared:
+    """A finished comparison grid (saved in the job's folder) and what to tell the user."""
+
+    path: Path
+    infotext: str
+    request: grids.CompareRequest
+    notes: list[str] = field(default_factory=list)
+
+
+class CompareError(RuntimeError):
+    """The comparison cannot run now or with these values; the message says why and what to do."""
+
+
 class TrainerService:
     def __init__(self, host: Host, *, trainer_command: TrainerCommand | None = None, watch: bool = True):
         self.host = host
@@ -53,6 +71,7 @@ class TrainerService:
         self.manager: JobManager = get_manager(self.root / "jobs", trainer_command=command, hooks=hooks)
         self._refreshed_files: dict[str, int] = {}
         self._refresh_lock = threading.Lock()
+        self._compare_lock = threading.Lock()
         if watch:
             self.manager.start_watcher(1.0)
 
@@ -111,7 +130,13 @@ class TrainerService:
             spec["name"] = free
         return spec_to_dict(spec_from_dict(spec)), notes
 
-    def submit(self, spec_dict: dict[str, Any], checkpoint: str = CURRENT, gpu_mode: str = AUTO) -> Submitted:
+    def submit(
+        self,
+        spec_dict: dict[str, Any],
+        checkpoint: str = CURRENT,
+        gpu_mode: str = AUTO,
+        compare_when_done: bool = False,
+    ) -> Submitted:
         spec, notes = self.prepare_spec(spec_dict, checkpoint)
         training = spec["training"]
         need = estimated_need_bytes(
@@ -121,6 +146,8 @@ class TrainerService:
         if gpu_mode == AUTO:
             notes.append(f"GPU sharing: {mode} ({why}).")
         record = self.manager.submit(spec, gpu=self.host.trainer_gpu(), gpu_mode=mode)
+        if compare_when_done:
+            grids.write_settings(record.job_dir, compare_when_done=True)
         return Submitted(record=record, output_name=spec["name"], gpu_mode=mode, notes=notes)
 
     # ------------------------------------------------------------ after files land
@@ -144,6 +171,96 @@ class TrainerService:
             self.handoff.after_finish(record)
         finally:
             self.refresh_if_new_files(record.id, record.files)
+        settings = grids.read_settings(record.job_dir)
+        if record.status == DONE and settings.get("compare_when_done") and "auto_compare" not in settings:
+            grids.write_settings(record.job_dir, auto_compare={"status": "waiting"})
+            threading.Thread(
+                target=self._auto_compare, args=(record.id,), name="lora-trainer-compare", daemon=True
+            ).start()
+
+    # ------------------------------------------------------------ epoch x strength comparison
+
+    def _job_spec(self, record: JobRecord) -> dict[str, Any]:
+        try:
+            return json.loads((Path(record.job_dir) / "job.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CompareError(
+                f"The job's settings file {record.job_dir}/job.json cannot be read: {exc}"
+            ) from exc
+
+    def compare_request(self, job_id: str) -> grids.CompareRequest:
+        """The default grid of a job: its sample prompt (or trigger word), saved epochs, strengths 0.4-1."""
+        record = self.manager.get(job_id)
+        family = record.output_name or record.name
+        return grids.default_request(self._job_spec(record), family, record.files)
+
+    def compare(
+        self, job_id: str, request: grids.CompareRequest | None = None, *, wait: bool = False
+    ) -> Compared:
+        """Make the grid with the WebUI's txt2img and keep it in the job's folder. Refuses (unless `wait`)
+        while an exclusive training run holds the GPU, and runs one comparison at a time."""
+        record = self.manager.get(job_id)
+        family = record.output_name or record.name
+        if record.is_active or record.status == QUEUED:
+            raise CompareError(f'"{family}" is still training; compare its epochs when it has finished.')
+        if not any(Path(f).suffix == ".safetensors" for f in record.files):
+            raise CompareError(f'"{family}" saved no LoRA files, so there is nothing to compare.')
+        holder = self.handoff.holder()
+        if holder is not None and not wait:
+            raise CompareError(
+                f'Training job "{holder}" has paused image generation until it ends. Compare after it has '
+                'finished, or train with GPU sharing "Shared".'
+            )
+        try:
+            request = grids.checked(request or self.compare_request(job_id))
+        except (ValueError, grids.AxisError) as exc:
+            raise CompareError(str(exc)) from exc
+        notes = self._model_notes(self._job_spec(record))
+        if not self._compare_lock.acquire(blocking=wait):
+            raise CompareError("A comparison grid is being made already; wait until it is done.")
+        try:
+            self.host.refresh_loras()
+            self._check_epochs_exist(request)
+            self.host.acquire_generation_lock()
+            try:
+                result = self.host.run_lora_grid(request)
+            finally:
+                self.host.release_generation_lock()
+        except grids.AxisError as exc:
+            raise CompareError(str(exc)) from exc
+        finally:
+            self._compare_lock.release()
+        path = grids.save_grid(record.job_dir, request, result)
+        return Compared(path=path, infotext=result.infotext, request=request, notes=notes + result.notes)
+
+    def _check_epochs_exist(self, request: grids.CompareRequest) -> None:
+        """Fail before taking the GPU when an asked-for epoch has no file (the axis checks again)."""
+        if not request.epochs:
+            return
+        names = self.host.lora_names()
+        missing = missing_epochs_message(request.family, expand_num_values(request.epochs), names)
+        if missing:
+            raise CompareError(missing)
+
+    def _model_notes(self, spec: dict[str, Any]) -> list[str]:
+        trained_on = str((spec.get("model") or {}).get("checkpoint") or "")
+        loaded = self.host.loaded_model()
+        if trained_on and loaded is not None and Path(loaded.checkpoint) != Path(trained_on):
+            return [
+                f"The WebUI has {loaded.name} loaded; this LoRA was trained on {Path(trained_on).name}. "
+                "Load that checkpoint to compare on the model it was made for."
+            ]
+        return []
+
+    def _auto_compare(self, job_id: str) -> None:
+        job_dir = self.manager.get(job_id).job_dir
+        try:
+            done = self.compare(job_id, wait=True)
+        except Exception as exc:  # noqa: BLE001 - reported in the job's folder and the tab, never raised
+            log.warning("comparison grid for job %s failed: %s", job_id, exc)
+            grids.write_settings(job_dir, auto_compare={"status": "failed", "message": str(exc)})
+            return
+        grids.write_settings(job_dir, auto_compare={"status": "done", "grid": str(done.path)})
 
 
 _SERVICE: TrainerService | None = None

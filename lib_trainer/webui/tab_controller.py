@@ -8,19 +8,20 @@ from __future__ import annotations
 import html
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..jobs import JobError
 from ..spec import SpecError, default_spec_dict
+from . import compare as grids
 from . import form_fields, progress_view
 from .dataset_summary import render_summary_html, summarize_dataset
 from .handoff import AUTO
 from .host_api import CURRENT
 from .install_status import InstallStatus
 from .presets import Preset, apply_preset
-from .service import TrainerService
+from .service import CompareError, TrainerService
 
 log = logging.getLogger("lib_trainer.webui")
 
@@ -44,6 +45,21 @@ class TabValues:
     preset: str = ""
     checkpoint: str = CURRENT_LABEL
     gpu_mode: str = AUTO
+    compare_when_done: bool = False
+
+
+@dataclass
+class CompareFields:
+    """The Compare epochs inputs for one job (editable by the user before a run)."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    epochs: str = ""
+    strengths: str = ""
+    seed: int = 1
+    grid: str | None = None  # the job's latest grid image, if it has one
+    infotext: str = ""
+    message: str = ""
 
 
 @dataclass
@@ -208,7 +224,12 @@ class TabController:
         checkpoint = CURRENT if tab.checkpoint in ("", CURRENT_LABEL) else tab.checkpoint
         try:
             spec = self.build_spec(tab, values)
-            submitted = self.service.submit(spec, checkpoint=checkpoint, gpu_mode=tab.gpu_mode or AUTO)
+            submitted = self.service.submit(
+                spec,
+                checkpoint=checkpoint,
+                gpu_mode=tab.gpu_mode or AUTO,
+                compare_when_done=bool(tab.compare_when_done),
+            )
         except SpecError as exc:
             return self._error_html(exc), None
         except JobError as exc:
@@ -311,6 +332,57 @@ class TabController:
         except JobError as exc:
             return _box("problems", [str(exc)])
         return _box("info", [text])
+
+    # ------------------------------------------------------------ compare epochs
+
+    def compare_fields(self, job_id: str | None) -> CompareFields:
+        """The job's default grid (sample prompt or trigger word, saved epochs, 0.4-1) and its latest grid."""
+        if not job_id:
+            return CompareFields(message=_box("info", ["Pick a finished job to compare its epochs."]))
+        try:
+            request = self.service.compare_request(job_id)
+            record = self.service.manager.get(job_id)
+        except (JobError, CompareError) as exc:
+            return CompareFields(message=_box("problems", [str(exc)]))
+        latest = grids.latest_grid(record.job_dir)
+        auto = grids.read_settings(record.job_dir).get("auto_compare") or {}
+        message = ""
+        if auto.get("status") == "failed":
+            message = _box("problems", [f"The comparison after training failed: {auto.get('message', '')}"])
+        elif auto.get("status") == "waiting":
+            message = _box("info", ["The comparison grid is being made."])
+        return CompareFields(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            epochs=request.epochs,
+            strengths=request.strengths,
+            seed=request.seed,
+            grid=str(latest[0]) if latest else None,
+            infotext=latest[1] if latest else "",
+            message=message,
+        )
+
+    def compare(
+        self, job_id: str | None, prompt: str, negative: str, epochs: str, strengths: str, seed: Any
+    ) -> tuple[str | None, str, str]:
+        """Run the grid with the user's edits over the job's defaults: (grid image path, infotext, message)."""
+        if not job_id:
+            return None, "", _box("problems", ["Pick a finished job first."])
+        try:
+            request = self.service.compare_request(job_id)
+            edits = {"prompt": prompt, "negative_prompt": negative, "epochs": epochs, "strengths": strengths}
+            request = replace(
+                request,
+                **{
+                    k: str(v) for k, v in edits.items() if v is not None and (k != "prompt" or str(v).strip())
+                },
+                seed=int(seed) if seed not in (None, "") else request.seed,
+            )
+            done = self.service.compare(job_id, request)
+        except (JobError, CompareError, ValueError) as exc:
+            return None, "", _box("problems", [str(exc)])
+        lines = [f"Grid saved: {done.path}", grids.describe(done.request), *done.notes]
+        return str(done.path), done.infotext, _box("info", lines)
 
     def install_html(self) -> str:
         if self.install is None or self.install.ok:

@@ -15,7 +15,7 @@ import gradio as gr
 
 from . import form_fields
 from .handoff import AUTO, EXCLUSIVE, SHARED
-from .tab_controller import CURRENT_LABEL, TabController, TabValues
+from .tab_controller import CURRENT_LABEL, CompareFields, TabController, TabValues
 
 TAB_TITLE = "Train LoRA"
 TAB_ID = "lora_trainer"
@@ -36,6 +36,13 @@ TOOLTIPS = {
     "trigger": "A word the LoRA learns to respond to; it is saved as the LoRA's activation text.",
     "preset": "Ready-made settings for common cards. Picking one changes the Advanced settings.",
     "checkpoint": "The model to train on. By default the one loaded in the WebUI right now.",
+    "compare_when_done": "When training has finished, make a grid of the saved epochs at strengths 0.4 to 1 with "
+    "the WebUI's txt2img (shown under Compare epochs).",
+    "compare_prompt": "The prompt for every cell. It must contain the LoRA's tag, e.g. <lora:mychar:1>; the grid "
+    "switches that tag to each epoch's file and sets its strength.",
+    "compare_epochs": "Which saved epochs to compare: numbers (1, 2, 5), ranges (1-10 (+2)) or final.",
+    "compare_strengths": "LoRA strengths to compare, e.g. 0.4, 0.6, 0.8, 1.",
+    "compare_seed": "One seed for every cell, so only the epoch and the strength change.",
     "gpu_mode": "Exclusive moves the WebUI's model out of VRAM and pauses generation until training ends. "
     "Shared trains next to generation and needs a GPU with room for both. Automatic picks for you.",
 }
@@ -73,6 +80,59 @@ def _field_component(spec: form_fields.FieldSpec, value: Any) -> Any:
     lines = 4 if spec.kind == "textarea" else 1
     return gr.Textbox(
         value="" if value is None else str(value), lines=lines, placeholder=spec.placeholder, **common
+    )
+
+
+def _compare_inputs(named: Any) -> list[Any]:
+    """Prompt, negative prompt, epochs, strengths, seed: the editable parts of a comparison grid."""
+    prompt = named(
+        "compare_prompt",
+        gr.Textbox(
+            label="Prompt", lines=2, elem_id="lora_trainer_compare_prompt", tooltip=TOOLTIPS["compare_prompt"]
+        ),
+    )
+    negative = named(
+        "compare_negative",
+        gr.Textbox(label="Negative prompt", lines=1, elem_id="lora_trainer_compare_negative"),
+    )
+    with gr.Row():
+        epochs = named(
+            "compare_epochs",
+            gr.Textbox(
+                label="Epochs", elem_id="lora_trainer_compare_epochs", tooltip=TOOLTIPS["compare_epochs"]
+            ),
+        )
+        strengths = named(
+            "compare_strengths",
+            gr.Textbox(
+                label="Strengths",
+                elem_id="lora_trainer_compare_strengths",
+                tooltip=TOOLTIPS["compare_strengths"],
+            ),
+        )
+        seed = named(
+            "compare_seed",
+            gr.Number(
+                label="Seed",
+                value=1,
+                precision=0,
+                elem_id="lora_trainer_compare_seed",
+                tooltip=TOOLTIPS["compare_seed"],
+            ),
+        )
+    return [prompt, negative, epochs, strengths, seed]
+
+
+def _compare_updates(fields: CompareFields) -> tuple:
+    return (
+        fields.prompt,
+        fields.negative_prompt,
+        fields.epochs,
+        fields.strengths,
+        fields.seed,
+        fields.grid,
+        fields.infotext,
+        fields.message,
     )
 
 
@@ -146,9 +206,19 @@ def build_tab(controller: TabController) -> TabComponents:
                             tooltip=TOOLTIPS["gpu_mode"],
                         ),
                     )
-                start = named(
-                    "start", gr.Button("Start training", variant="primary", elem_id="lora_trainer_start")
-                )
+                with gr.Row():
+                    start = named(
+                        "start", gr.Button("Start training", variant="primary", elem_id="lora_trainer_start")
+                    )
+                    compare_when_done = named(
+                        "compare_when_done",
+                        gr.Checkbox(
+                            label="Compare epochs when done",
+                            value=False,
+                            elem_id="lora_trainer_compare_when_done",
+                            tooltip=TOOLTIPS["compare_when_done"],
+                        ),
+                    )
                 message = named("message", gr.HTML("", elem_id="lora_trainer_message"))
                 with gr.Accordion("Advanced settings", open=False, elem_id="lora_trainer_advanced"):
                     index = {spec.path: i for i, spec in enumerate(form_fields.FIELDS)}
@@ -198,17 +268,52 @@ def build_tab(controller: TabController) -> TabComponents:
                     ),
                 )
                 log_html = named("log", gr.HTML("", elem_id="lora_trainer_log"))
+                with gr.Accordion("Compare epochs", open=False, elem_id="lora_trainer_compare_panel"):
+                    compare_inputs = _compare_inputs(named)
+                    with gr.Row():
+                        compare = named(
+                            "compare",
+                            gr.Button(
+                                "Make comparison grid", variant="primary", elem_id="lora_trainer_compare"
+                            ),
+                        )
+                        compare_reset = named(
+                            "compare_reset",
+                            gr.Button("Reset to job defaults", elem_id="lora_trainer_compare_reset"),
+                        )
+                    compare_message = named(
+                        "compare_message", gr.HTML("", elem_id="lora_trainer_compare_message")
+                    )
+                    compare_grid = named(
+                        "compare_grid",
+                        gr.Image(
+                            label="Epoch x strength grid",
+                            type="filepath",
+                            interactive=False,
+                            elem_id="lora_trainer_compare_grid",
+                        ),
+                    )
+                    compare_infotext = named(
+                        "compare_infotext",
+                        gr.Textbox(
+                            label="Grid parameters (paste into txt2img, or drop the image into PNG Info)",
+                            lines=3,
+                            interactive=False,
+                            elem_id="lora_trainer_compare_infotext",
+                        ),
+                    )
                 with gr.Accordion("Queue and finished jobs", open=True):
                     queue_html = named("queue", gr.HTML("", elem_id="lora_trainer_queue"))
                     history_html = named("history", gr.HTML("", elem_id="lora_trainer_history"))
         gallery_sig = gr.State(None)
 
         field_components = [out.fields[spec.path] for spec in form_fields.FIELDS]
-        tab_inputs = [dataset, name, trigger, preset, checkpoint, gpu_mode]
+        tab_inputs = [dataset, name, trigger, preset, checkpoint, gpu_mode, compare_when_done]
 
         def tab_values(args: tuple) -> tuple[TabValues, list[Any]]:
             n = len(tab_inputs)
             tab = TabValues(*[("" if v is None else v) for v in args[:n]])
+            tab.compare_when_done = bool(tab.compare_when_done)
             tab.gpu_mode = GPU_MODE_LABELS.get(tab.gpu_mode, AUTO)
             return tab, list(args[n:])
 
@@ -284,7 +389,24 @@ def build_tab(controller: TabController) -> TabComponents:
         start.click(on_start, inputs=tab_inputs + field_components, outputs=[message, job], queue=False).then(
             on_poll, inputs=[job, checkpoint, gallery_sig], outputs=poll_outputs, **QUIET
         )
-        job.select(on_poll, inputs=[job, checkpoint, gallery_sig], outputs=poll_outputs, **QUIET)
+        job.select(on_poll, inputs=[job, checkpoint, gallery_sig], outputs=poll_outputs, **QUIET).then(
+            lambda job_id: _compare_updates(controller.compare_fields(job_id)),
+            inputs=[job],
+            outputs=[*compare_inputs, compare_grid, compare_infotext, compare_message],
+            queue=False,
+        )
+        compare_reset.click(
+            lambda job_id: _compare_updates(controller.compare_fields(job_id)),
+            inputs=[job],
+            outputs=[*compare_inputs, compare_grid, compare_infotext, compare_message],
+            queue=False,
+        )
+        # Queued like txt2img (it is a generation); the tab's poll keeps running beside it.
+        compare.click(
+            controller.compare,
+            inputs=[job, *compare_inputs],
+            outputs=[compare_grid, compare_infotext, compare_message],
+        )
         for button, action in (
             (cancel, "cancel"),
             (resume, "resume"),

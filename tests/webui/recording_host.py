@@ -72,3 +72,25 @@ class RecordingHost:
 
     def refresh_loras(self):
         self.calls.append("refresh")
+
+    def lora_names(self, refresh=False):
+        return sorted(p.stem for p in self.lora_dir().rglob("*.safetensors"))
+
+    def run_lora_grid(self, request):
+        """A one-colour PNG with the infotext a grid would carry; the request is kept for the test."""
+        import io
+
+        from PIL import Image
+        from PIL.PngImagePlugin import PngInfo
+
+        from lib_trainer.webui.compare import GridResult
+
+        assert not self.lock.acquire(blocking=False), "the caller must hold the generation lock"
+        self.calls.append("grid")
+        self.grid_requests = [*getattr(self, "grid_requests", []), request]
+        infotext = f"{request.prompt}\nSteps: {request.steps}, Seed: {request.seed}, Script: X/Y/Z plot"
+        info = PngInfo()
+        info.add_text("parameters", infotext)
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(buffer, format="PNG", pnginfo=info)
+        return GridResult(png=buffer.getvalue(), infotext=infotext)

@@ -34,6 +34,11 @@ def test_families_and_missing_epochs():
     assert missing_epochs_message("hero", ["1", "final"], NAMES) is None
     message = missing_epochs_message("hero", ["3", "1"], NAMES)
     assert message == 'LoRA "hero" has no file for epoch 3. Saved epochs: 1, 2, 4 and final.'
+    assert (
+        missing_epochs_message("bg", ["final"], NAMES) == 'LoRA "bg" has no file for final. Saved epochs: 3.'
+    )
+    assert "only the final file" in missing_epochs_message("style", ["1"], NAMES)
+    assert "has no file of it" in missing_epochs_message("gone", ["1"], NAMES)
 
 
 def test_rewrite_switches_epochs_of_the_family_only():

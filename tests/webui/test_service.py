@@ -16,9 +16,10 @@ from recording_host import GIB, RecordingHost
 
 from lib_trainer.jobs import DONE, FAILED, RUNNING, JobManager
 from lib_trainer.spec import SpecError
+from lib_trainer.webui.compare import CompareRequest, latest_grid, read_settings
 from lib_trainer.webui.handoff import EXCLUSIVE, SHARED, GpuHandoff, choose_gpu_mode, estimated_need_bytes
 from lib_trainer.webui.host_api import Host
-from lib_trainer.webui.service import TrainerService
+from lib_trainer.webui.service import CompareError, TrainerService
 
 STAND_IN_TRAINER = r"""
 import json, sys, time
@@ -39,9 +40,14 @@ out.mkdir(parents=True, exist_ok=True)
 emit("info", message="training", total_steps=2, total_epochs=1, output_name=name)
 while not gate.exists() and not (job / "stop").exists():
     time.sleep(0.02)
-lora = out / f"{name}.safetensors"
-lora.write_bytes(b"lora")
-emit("done", files=[str(lora)], output_name=name, steps=2)
+files = []
+epochs_file = Path(spec["dataset"]["path"]) / "epochs"
+for epoch in range(1, int(epochs_file.read_text()) if epochs_file.exists() else 1):
+    files.append(out / f"{name}-{epoch:06d}.safetensors")
+files.append(out / f"{name}.safetensors")
+for path in files:
+    path.write_bytes(b"lora")
+emit("done", files=[str(f) for f in files], output_name=name, steps=2)
 """
 
 
@@ -220,3 +226,63 @@ def test_new_epoch_files_refresh_the_lora_list_once(world):
     assert not service.refresh_if_new_files("j", ["a.safetensors", "a.json"])
     assert service.refresh_if_new_files("j", ["a.safetensors", "b.safetensors"])
     assert host.calls == ["refresh", "refresh"]
+
+
+def test_compare_makes_the_grid_under_the_generation_lock_and_keeps_it(world):
+    host, data, make = world
+    (data / "epochs").write_text("3")
+    service = make()
+    job = service.submit(_spec(data), gpu_mode=SHARED).record.id
+    service.manager.poll()
+    with pytest.raises(CompareError, match="still training"):
+        service.compare(job)
+    (data / "gate").touch()
+    _wait(service.manager, job, DONE)
+    done = service.compare(job)
+    request = host.grid_requests[-1]
+    assert request.epochs == "1, 2, final" and request.prompt == "hr <lora:hero:1>"
+    assert host.calls[-4:] == ["refresh", "lock", "grid", "unlock"]
+    assert latest_grid(service.manager.get(job).job_dir) == (done.path, done.infotext)
+    edited = CompareRequest(family="hero", prompt="castle", epochs="2", strengths="1", seed=9)
+    service.compare(job, edited)
+    assert host.grid_requests[-1].prompt == "castle <lora:hero:1>" and host.grid_requests[-1].seed == 9
+    with pytest.raises(CompareError, match="not an epoch number"):
+        service.compare(job, CompareRequest(family="hero", prompt="x", epochs="best"))
+
+
+def test_compare_waits_for_no_exclusive_run_and_notes_another_model(world):
+    host, data, make = world
+    service = make()
+    first = service.submit(_spec(data), gpu_mode=SHARED).record.id
+    (data / "gate").touch()
+    _wait(service.manager, first, DONE)
+    (data / "gate").unlink()
+    second = service.submit(_spec(data, "villain"), gpu_mode=EXCLUSIVE).record.id
+    service.manager.poll()
+    assert service.manager.get(second).status == RUNNING
+    with pytest.raises(CompareError, match="paused image generation"):
+        service.compare(first)
+    (data / "gate").touch()
+    _wait(service.manager, second, DONE)
+    host.model = type(host.model)(checkpoint=str(host.root / "models" / "other.safetensors"), title="other")
+    assert "trained on base.safetensors" in service.compare(first).notes[0]
+
+
+def test_compare_when_done_runs_once_after_the_job(world):
+    host, data, make = world
+    (data / "epochs").write_text("2")
+    service = make()
+    job = service.submit(_spec(data), gpu_mode=EXCLUSIVE, compare_when_done=True).record.id
+    (data / "gate").touch()
+    record = _wait(service.manager, job, DONE)
+    deadline = time.time() + 10
+    while (
+        read_settings(record.job_dir).get("auto_compare", {}).get("status") != "done"
+        and time.time() < deadline
+    ):
+        time.sleep(0.05)
+    settings = read_settings(record.job_dir)
+    assert settings["auto_compare"]["status"] == "done" and latest_grid(record.job_dir) is not None
+    assert host.calls.count("grid") == 1 and host.grid_requests[0].epochs == "1, final"
+    # the exclusive run gave the lock back before the grid took it
+    assert host.calls.index("unlock") < host.calls.index("grid")

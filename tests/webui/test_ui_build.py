@@ -6,6 +6,7 @@ inputs those registrations list, so a mismatch between the components and a hand
 
 from __future__ import annotations
 
+import html
 import sys
 import time
 
@@ -153,3 +154,43 @@ def test_presets_do_not_stack(tab):
     after_user = dict(zip(outputs, change("Only 64 px", *values), strict=True))
     assert after_user[checkpointing] is False  # back to the default, not left over from the previous preset
     assert str(after_user[built.fields["training.resolution"]]) == "64"
+
+
+def test_compare_epochs_through_the_wiring(tab, tmp_path):
+    host, service, built = tab
+    blocks, named = built.blocks, built.named
+    dataset = tmp_path / "data"
+    dataset.mkdir()
+    start, inputs, _ = _handler(blocks, named["start"], "click", "on_start")
+    values = {c: c.value for c in inputs}
+    values.update({named["dataset"]: str(dataset), named["name"]: "hero", named["trigger"]: "hr"})
+    values[named["compare_when_done"]] = True
+    _, job_update = start(*[values[c] for c in inputs])
+    job_id = job_update["value"]
+    deadline = time.time() + 20
+    while "grid" not in host.calls and time.time() < deadline:
+        service.manager.poll()
+        time.sleep(0.05)
+    assert host.calls.count("grid") == 1  # made by itself when the job was done
+    reset, inputs, outputs = _handler(blocks, named["compare_reset"], "click", "<lambda>")
+    assert inputs == [named["job"]]
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        shown = dict(zip(outputs, reset(job_id), strict=True))
+        if shown[named["compare_grid"]]:
+            break
+        time.sleep(0.05)
+    assert shown[named["compare_prompt"]] == "hr <lora:hero:1>"
+    assert shown[named["compare_epochs"]] == ""  # this job saved only the final file
+    assert (
+        shown[named["compare_grid"]].endswith(".png")
+        and "Script: X/Y/Z plot" in shown[named["compare_infotext"]]
+    )
+    run, inputs, outputs = _handler(blocks, named["compare"], "click", "compare")
+    assert inputs[0] is named["job"] and named["compare_seed"] in inputs
+    grid, infotext, message = run(job_id, "castle", "", "", "0.5, 1", 42)
+    assert grid.endswith(".png") and "Grid saved" in message and "strengths 0.5, 1 (seed 42)" in message
+    assert host.grid_requests[-1].prompt == "castle <lora:hero:1>"
+    _, _, problem = run(job_id, "castle", "", "2", "1", 42)
+    assert 'LoRA "hero" has no file for epoch 2. It has only the final file' in html.unescape(problem)
+    assert "lora-trainer-problems" in run(None, "", "", "", "", 1)[2]
