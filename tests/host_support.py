@@ -50,6 +50,8 @@ LOG_PROBLEMS = (
     "couldn't find supported operation",
 )
 # A traceback that mentions one of these came from (or through) the Lora extension; others are not ours.
+# The extension's own names: a traceback mentioning one of them came from (or through) our code.
+EXT_TRACE_WORDS = ("sd-webui-lora-trainer", "lib_trainer", "lora_trainer")
 LORA_TRACE_WORDS = ("extensions-builtin/Lora", "networks.py", "network.py", "lora")
 # Offline, CPU, fp32, API on, no installs, no downloads, the Lora loader's key-matching messages in the log.
 WEBUI_FLAGS = (

@@ -12,8 +12,10 @@ The steps run in order and share one WebUI (module scope); each test is one step
 3. The WebUI starts offline on CPU with that data dir and a full-size random SD1 checkpoint; the extension
    loads without a traceback; a baseline image is generated.
 4. In headless Chromium (Playwright), the "Train LoRA" tab shows the loaded checkpoint (screenshot).
-5. A 2-step LoRA is trained from the tab: dataset folder, name, trigger word, a user preset, Start; the
-   progress panel reaches "done" (screenshot).
+5. A 4-step, 2-epoch LoRA is trained from the tab: dataset folder, name, trigger word, a user preset,
+   "Compare epochs when done", Start; the progress panel reaches "done" (screenshot). The epoch x strength
+   grid made by itself after the job is shown under "Compare epochs"; a second grid with edited strengths
+   is made with the button (screenshot); both are PNGs with the X/Y/Z plot's parameters in the job folder.
 6. The LoRA, its Lora-card JSON and preview are in the WebUI's Lora folder; the host lists it without a
    refresh call; it changes the image and loads every key; the host model is back and unchanged.
 7. The WebUI stops; "update" (the installer again) is a no-op; removing the extension folder leaves the
@@ -58,6 +60,7 @@ from typing import Any
 import numpy as np
 import pytest
 from host_support import (
+    EXT_TRACE_WORDS,
     LORA_TRACE_WORDS,
     Generated,
     Host,
@@ -87,20 +90,20 @@ PROMPT = f"a {TRIGGER} shape"
 PRESET_TITLE = "Host test (tiny)"
 PRESET = {
     "title": PRESET_TITLE,
-    "description": "2 steps at 64 px",
+    "description": "2 epochs of 2 steps at 64 px",
     "spec": {
         "training": {
             "resolution": 64,
-            "max_steps": 2,
-            "epochs": 1,
-            "batch_size": 1,
+            "max_steps": 4,
+            "epochs": 2,
+            "batch_size": 3,
             "learning_rate": 1e-3,
             "mixed_precision": "no",
             "optimizer": "AdamW",
         },
         "dataset": {"min_bucket_reso": 64, "enable_bucket": True},
         "network": {"rank": 4, "alpha": 2, "train_text_encoder": True},
-        "output": {"save_every_epochs": 0, "save_precision": "fp32"},
+        "output": {"save_every_epochs": 1, "save_precision": "fp32"},
         "samples": {
             "every_epochs": 1,
             "prompts": [{"prompt": "a photo", "steps": 2, "width": 64, "height": 64}],
@@ -111,8 +114,6 @@ INSTALL_TIMEOUT_S = 1500.0
 NOOP_INSTALL_MAX_S = 20.0
 UI_TIMEOUT_MS = 180_000
 TRAIN_TIMEOUT_S = 600.0
-# The extension's own names: a traceback mentioning one of them came from (or through) our code.
-EXT_TRACE_WORDS = (EXT_NAME, "lib_trainer", "lora_trainer")
 FAILED_STATUSES = ("failed", "cancelled", "resumable")
 
 
@@ -575,7 +576,7 @@ def _choose_preset(lab: Lab) -> None:
         _fail(lab, "step 5", f"the preset dropdown shows {value!r} after choosing {PRESET_TITLE!r}")
     # The preset fills in the advanced settings (elem_id lora_trainer_<section>_<field>) through a request:
     # Start must not be clicked before they show the preset's values.
-    want = {"training_resolution": "64", "training_max_steps": "2", "network_rank": "4"}
+    want = {"training_resolution": "64", "training_max_steps": "4", "network_rank": "4"}
     got: dict[str, str] = {}
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -624,7 +625,7 @@ def _check_job_spec(lab: Lab) -> None:
         "dataset.path": os.path.realpath(str(lab.dataset)),
         "dataset.trigger_word": TRIGGER,
         "model.checkpoint": lab.checkpoint.name if lab.checkpoint else None,
-        "training.max_steps": 2,
+        "training.max_steps": 4,
         "training.resolution": 64,
         "network.rank": 4,
         "network.train_text_encoder": True,
@@ -661,6 +662,7 @@ def test_5_train_through_the_tab(lab: Lab) -> None:
     _type(lab, "lora_trainer_name", LORA_NAME)
     _type(lab, "lora_trainer_trigger", TRIGGER)
     _choose_preset(lab)
+    page.locator("#lora_trainer_compare_when_done input").first.check()
     _screenshot(lab, "02-filled-in")
     page.locator("#lora_trainer_start").click()
     lab.timed("step 5: form filled in and Start clicked", started)
@@ -704,6 +706,69 @@ def test_5_train_through_the_tab(lab: Lab) -> None:
     _screenshot(lab, "03-done")
     _say(f"job log: {_job_log(lab)[:200]}")
     lab.done.add("trained")
+
+
+COMPARE_TIMEOUT_S = 300.0
+
+
+def _grid_files(lab: Lab) -> list[Path]:
+    return sorted((_jobs_dir(lab) / str(lab.job_id) / "compare").glob("grid-*.png"))
+
+
+def _check_grid_png(path: Path, strengths: str) -> None:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        parameters = image.info.get("parameters", "")
+        size = image.size
+    assert "X Type: LoRA NUM" in parameters and 'X Values: "1, final"' in parameters, parameters
+    assert "Y Type: LoRA STRENGTH" in parameters and f'Y Values: "{strengths}"' in parameters, parameters
+    assert size[0] > 2 * 64 and size[1] > 2 * 64, f"{path} is {size}: not a 2 x N grid of 64 px cells"
+
+
+def test_5b_compare_epochs_in_the_tab(lab: Lab) -> None:
+    lab.need("trained")
+    page = lab.page
+    started = time.monotonic()
+    while not _grid_files(lab) and time.monotonic() - started < COMPARE_TIMEOUT_S:
+        time.sleep(2)
+    grids = _grid_files(lab)
+    if not grids:
+        settings = _jobs_dir(lab) / str(lab.job_id) / "webui.json"
+        state = settings.read_text() if settings.is_file() else "(no webui.json)"
+        _fail(lab, "step 5b", f"no comparison grid {COMPARE_TIMEOUT_S:.0f} s after the job; {state}")
+    lab.timed("step 5b: the grid made after the job", started)
+    _check_grid_png(grids[0], "0.4, 0.6, 0.8, 1")
+
+    page.locator("#lora_trainer_compare_panel").first.click()  # open the accordion
+    page.locator("#lora_trainer_compare_reset").first.click()
+    image = page.locator("#lora_trainer_compare_grid img")
+    try:
+        image.first.wait_for(state="visible", timeout=60_000)
+    except Exception:  # noqa: BLE001
+        _fail(lab, "step 5b", "Reset to job defaults did not show the job's grid")
+    epochs = _textbox(lab, "lora_trainer_compare_epochs").input_value()
+    assert epochs == "1, final", f"step 5b: the epochs field shows {epochs!r}"
+    prompt = _textbox(lab, "lora_trainer_compare_prompt").input_value()
+    assert f"<lora:{LORA_NAME}:1>" in prompt, f"step 5b: the prompt field shows {prompt!r}"
+
+    started = time.monotonic()
+    _type(lab, "lora_trainer_compare_strengths", "0, 1")
+    page.locator("#lora_trainer_compare").first.click()
+    message = ""
+    while time.monotonic() - started < COMPARE_TIMEOUT_S:
+        message = _text(lab, "#lora_trainer_compare_message")
+        if "Grid saved" in message or "lora-trainer-problems" in message or len(_grid_files(lab)) > 1:
+            break
+        time.sleep(1)
+    page.wait_for_timeout(1500)
+    _screenshot(lab, "04-compare-epochs")
+    grids = _grid_files(lab)
+    if len(grids) < 2:
+        _fail(lab, "step 5b", f"Make comparison grid made no second grid; message: {message!r}")
+    lab.timed("step 5b: a grid with edited strengths from the button", started)
+    _check_grid_png(grids[-1], "0, 1")
+    lab.done.add("compared")
 
 
 # ------------------------------------------------------------------ step 6: results
