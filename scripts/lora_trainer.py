@@ -59,9 +59,17 @@ def register_xyz_axes() -> None:
         log.debug("added X/Y/Z plot axes: %s", ", ".join(added))
 
 
-def on_app_started(_demo, _app):
+def on_app_started(_demo, app):
     # Also under --nowebui (no tab): queued jobs start and running ones are followed again.
-    _service()
+    service = _service()
+    host = service.host
+    if app is None or not host.api_enabled():
+        return  # no --api: none of the /lora-trainer/v1 routes exist
+    from lib_trainer.webui.api import build_router, mount
+
+    router = build_router(_service, lambda: _install_status(_service()), host.api_credentials())
+    if mount(app, router):
+        log.info("LoRA trainer API at /lora-trainer/v1 (see /docs)")
 
 
 register_xyz_axes()

@@ -96,7 +96,7 @@ PRESET = {
             "resolution": 64,
             "max_steps": 4,
             "epochs": 2,
-            "batch_size": 3,
+            "batch_size": 6,  # 6 images x 2 repeats: 2 steps per epoch
             "learning_rate": 1e-3,
             "mixed_precision": "no",
             "optimizer": "AdamW",

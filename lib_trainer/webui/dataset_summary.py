@@ -331,3 +331,21 @@ def render_summary_html(summary: DatasetSummary) -> str:
             parts.append(f'<ul class="lora-trainer-{css}">{items}</ul>')
     parts.append("</div>")
     return "".join(parts)
+
+
+def summarize_spec_dataset(spec: dict[str, Any], model_type: str | None = None) -> DatasetSummary:
+    """The summary of a job spec's dataset, with the spec's caption, trigger and bucket settings."""
+    data, training = spec.get("dataset") or {}, spec.get("training") or {}
+    return summarize_dataset(
+        str(data.get("path") or ""),
+        caption_extension=data.get("caption_extension") or ".txt",
+        trigger_word=str(data.get("trigger_word") or ""),
+        prepend_trigger_word=bool(data.get("prepend_trigger_word")),
+        resolution=training.get("resolution") or 512,
+        enable_bucket=bool(data.get("enable_bucket", True)),
+        min_bucket_reso=data.get("min_bucket_reso") or 256,
+        max_bucket_reso=data.get("max_bucket_reso"),
+        bucket_reso_steps=data.get("bucket_reso_steps"),
+        bucket_no_upscale=bool(data.get("bucket_no_upscale")),
+        model_type=model_type or (spec.get("model") or {}).get("model_type"),
+    )

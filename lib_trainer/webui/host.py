@@ -114,6 +114,18 @@ class WebUIHost:
         gpu = getattr(shared.cmd_opts, "lora_trainer_gpu", None)
         return str(gpu) if gpu not in (None, "") else None
 
+    def api_enabled(self) -> bool:
+        """Whether the WebUI serves its HTTP API (--api, or --nowebui which is API only)."""
+        return bool(getattr(shared.cmd_opts, "api", False) or getattr(shared.cmd_opts, "nowebui", False))
+
+    def api_credentials(self) -> dict[str, str] | None:
+        """--api-auth "user:password[,user2:password2]" as {user: password}; None when not set."""
+        text = getattr(shared.cmd_opts, "api_auth", None)
+        if not text:
+            return None
+        pairs = [item.split(":", 1) for item in str(text).split(",") if ":" in item]
+        return {user.strip(): password for user, password in pairs}
+
     def gpu_memory(self) -> tuple[int, int] | None:
         torch = sys.modules.get("torch")  # the WebUI has imported it already; never import it here
         if torch is None or not torch.cuda.is_available():

@@ -53,7 +53,11 @@ class Compared:
 
 
 class CompareError(RuntimeError):
-    """The comparison cannot run now or with these values; the message says why and what to do."""
+    """The comparison cannot run now; the message says why and what to do."""
+
+
+class CompareValueError(CompareError):
+    """A value of the comparison (prompt, epochs, strengths, size ...) is wrong; the message names it."""
 
 
 class TrainerService:
@@ -214,7 +218,7 @@ class TrainerService:
         try:
             request = grids.checked(request or self.compare_request(job_id))
         except (ValueError, grids.AxisError) as exc:
-            raise CompareError(str(exc)) from exc
+            raise CompareValueError(str(exc)) from exc
         notes = self._model_notes(self._job_spec(record))
         if not self._compare_lock.acquire(blocking=wait):
             raise CompareError("A comparison grid is being made already; wait until it is done.")
@@ -240,7 +244,7 @@ class TrainerService:
         names = self.host.lora_names()
         missing = missing_epochs_message(request.family, expand_num_values(request.epochs), names)
         if missing:
-            raise CompareError(missing)
+            raise CompareValueError(missing)
 
     def _model_notes(self, spec: dict[str, Any]) -> list[str]:
         trained_on = str((spec.get("model") or {}).get("checkpoint") or "")

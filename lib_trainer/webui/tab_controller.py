@@ -16,7 +16,7 @@ from ..jobs import JobError
 from ..spec import SpecError, default_spec_dict
 from . import compare as grids
 from . import form_fields, progress_view
-from .dataset_summary import render_summary_html, summarize_dataset
+from .dataset_summary import render_summary_html, summarize_spec_dataset
 from .handoff import AUTO
 from .host_api import CURRENT
 from .install_status import InstallStatus
@@ -188,24 +188,12 @@ class TabController:
             spec = self.build_spec(tab, values)
         except SpecError:
             spec = default_spec_dict()
-        data, training = spec["dataset"], spec["training"]
         model_type = None
         if tab.checkpoint in ("", CURRENT_LABEL):
             model = self.host.loaded_model()
             model_type = model.model_type if model else None
-        summary = summarize_dataset(
-            tab.dataset,
-            caption_extension=data.get("caption_extension") or ".txt",
-            trigger_word=tab.trigger,
-            prepend_trigger_word=bool(data.get("prepend_trigger_word")),
-            resolution=training.get("resolution") or 512,
-            enable_bucket=bool(data.get("enable_bucket", True)),
-            min_bucket_reso=data.get("min_bucket_reso") or 256,
-            max_bucket_reso=data.get("max_bucket_reso"),
-            bucket_reso_steps=data.get("bucket_reso_steps"),
-            bucket_no_upscale=bool(data.get("bucket_no_upscale")),
-            model_type=model_type,
-        )
+        spec["dataset"].update(path=tab.dataset.strip(), trigger_word=tab.trigger)
+        summary = summarize_spec_dataset(spec, model_type)
         return render_summary_html(summary)
 
     def name_hint(self, name: str) -> str:
