@@ -708,7 +708,7 @@ def test_5_train_through_the_tab(lab: Lab) -> None:
     lab.done.add("trained")
 
 
-COMPARE_TIMEOUT_S = 300.0
+COMPARE_TIMEOUT_S = 600.0  # the default grid: 2 epochs x 4 strengths x 20 steps, ~5 min on CPU
 
 
 def _grid_files(lab: Lab) -> list[Path]:
