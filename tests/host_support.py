@@ -200,9 +200,9 @@ class Generated:
     infotext: str
 
 
-def txt2img(host: Host, prompt: str) -> Generated:
-    """A 64x64, 2-step Euler image with a fixed seed: cheap on CPU and deterministic for the same prompt."""
-    payload = {
+def txt2img_payload(prompt: str) -> dict[str, Any]:
+    """A 64x64, 2-step Euler request with a fixed seed: cheap on CPU and deterministic for the same prompt."""
+    return {
         "prompt": prompt,
         "negative_prompt": "",
         "seed": 1234,
@@ -221,6 +221,11 @@ def txt2img(host: Host, prompt: str) -> Generated:
         # Live previews would want models/VAE-approx under the empty --data-dir (a download, offline).
         "override_settings": {"live_previews_enable": False},
     }
+
+
+def txt2img(host: Host, prompt: str) -> Generated:
+    """The image of `txt2img_payload(prompt)` and its infotext."""
+    payload = txt2img_payload(prompt)
     answer = request(f"{host.url}/sdapi/v1/txt2img", payload)
     image = Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).convert("RGB")
     info = json.loads(answer["info"])

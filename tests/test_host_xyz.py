@@ -42,6 +42,7 @@ from host_support import (
     stop,
     tracebacks_mentioning,
     txt2img,
+    txt2img_payload,
     wait_for_api,
 )
 from PIL import Image
@@ -159,22 +160,7 @@ def _xyz_payload(lab: Lab, x: tuple[str, str], y: tuple[str, str]) -> dict:
         True,  # csv mode: text values
     ]
     return {
-        "prompt": f"{PROMPT} <lora:{LORA}:1>",
-        "negative_prompt": "",
-        "seed": 1234,
-        "subseed": -1,
-        "subseed_strength": 0,
-        "sampler_name": "Euler",
-        "scheduler": "Automatic",
-        "steps": 2,
-        "cfg_scale": 7,
-        "width": 64,
-        "height": 64,
-        "batch_size": 1,
-        "n_iter": 1,
-        "send_images": True,
-        "save_images": False,
-        "override_settings": {"live_previews_enable": False},
+        **txt2img_payload(f"{PROMPT} <lora:{LORA}:1>"),
         "script_name": "x/y/z plot",
         "script_args": script_args,
     }
