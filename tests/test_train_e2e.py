@@ -342,6 +342,26 @@ def test_default_sample_prompt_when_none_given(tmp_path, tiny_models, tiny_datas
     assert len(samples) == 1 and "sks" in samples[0]["prompt"] and Path(samples[0]["path"]).is_file()
 
 
+def test_samples_follow_clip_skip(tmp_path, tiny_models, tiny_dataset):
+    """CLIP skip 2 (common for anime models) used to crash sampling inside diffusers; samples now use the
+    training text path, so skip 1 and skip 2 give different images from the same weights and seed."""
+    pixels = []
+    for skip in (1, 2):
+        spec = base_spec(
+            tiny_models["sd1"], tiny_dataset, tmp_path / f"Lora{skip}", training={"max_steps": 1}
+        )
+        spec["model"]["clip_skip"] = skip
+        spec["training"]["learning_rate"] = 1e-9
+        spec["samples"] = {"every_epochs": 1, "prompts": [{"prompt": "a sks shape", "steps": 2, "seed": 3}]}
+        code, events = _run(spec, tmp_path / f"job{skip}")
+        assert code == 0, events[-1]
+        path = next(e["path"] for e in events if e["type"] == "sample")
+        from PIL import Image
+
+        pixels.append(torch.tensor(list(Image.open(path).convert("L").getdata()), dtype=torch.float32))
+    assert (pixels[0] - pixels[1]).abs().mean() > 0.5
+
+
 def test_long_captions_are_reported(tmp_path, tiny_models):
     from lib_trainer.demo import make_dataset
 

@@ -38,7 +38,7 @@ def make_sampler(name: str, training_scheduler):
     return cls.from_config(training_scheduler.config)
 
 
-def build_pipeline(base, sampler_name: str, training_scheduler, clip_skip: int):
+def build_pipeline(base, sampler_name: str, training_scheduler):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     scheduler = make_sampler(sampler_name, training_scheduler)
@@ -53,7 +53,7 @@ def build_pipeline(base, sampler_name: str, training_scheduler, clip_skip: int):
             scheduler=scheduler,
             force_zeros_for_empty_prompt=False,
         )
-        return pipe, {}
+        return pipe
     pipe = StableDiffusionPipeline(
         vae=base.vae,
         text_encoder=base.text_encoders[0],
@@ -64,9 +64,27 @@ def build_pipeline(base, sampler_name: str, training_scheduler, clip_skip: int):
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    # diffusers counts skipped layers (0 = none); the WebUI counts used layers (1 = last).
-    extra = {"clip_skip": clip_skip - 1} if clip_skip > 1 else {}
-    return pipe, extra
+    return pipe
+
+
+def text_inputs(
+    base, prompt: str, negative_prompt: str, n: int, clip_skip: int, device: torch.device
+) -> dict:
+    """Pipeline text inputs for n images. SD1/SD2: embeddings from training's own text path, so CLIP skip means
+    exactly what it means in training (diffusers' own clip_skip wants a `text_model` level that transformers
+    5's CLIPTextModel no longer has). SDXL: plain prompts; its pipeline uses the penultimate layers as
+    training does."""
+    if base.arch.is_sdxl:
+        return {"prompt": [prompt] * n, "negative_prompt": [negative_prompt or ""] * n}
+    from .conditioning import encode_sd
+
+    embeds = encode_sd(
+        base.text_encoders[0], base.tokenizers[0], [prompt, negative_prompt or ""], clip_skip, device
+    )
+    return {
+        "prompt_embeds": embeds[:1].expand(n, -1, -1),
+        "negative_prompt_embeds": embeds[1:].expand(n, -1, -1),
+    }
 
 
 def generate_samples(
@@ -82,7 +100,7 @@ def generate_samples(
     autocast_dtype: torch.dtype | None,
 ) -> list[Path]:
     """Render each request with its own seed; returns the written PNG paths."""
-    pipe, extra = build_pipeline(base, sampler_name, training_scheduler, clip_skip)
+    pipe = build_pipeline(base, sampler_name, training_scheduler)
     pipe.set_progress_bar_config(disable=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -96,14 +114,12 @@ def generate_samples(
         for index, req in enumerate(requests):
             generator = torch.Generator(device="cpu").manual_seed(req.seed)
             image = pipe(
-                prompt=req.prompt,
-                negative_prompt=req.negative_prompt or None,
+                **text_inputs(base, req.prompt, req.negative_prompt, 1, clip_skip, device),
                 width=req.width,
                 height=req.height,
                 guidance_scale=req.cfg_scale,
                 num_inference_steps=req.steps,
                 generator=generator,
-                **extra,
             ).images[0]
             path = out_dir / f"{stem}_{index:02d}.png"
             tmp = path.with_name(f".{path.name}.tmp")
