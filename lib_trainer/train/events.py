@@ -12,7 +12,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-EVENT_TYPES = ("start", "progress", "sample", "checkpoint", "warning", "error", "done", "info", "cancelled")
+EVENT_TYPES = (
+    "start",
+    "progress",
+    "sample",
+    "checkpoint",
+    "warning",
+    "error",
+    "done",
+    "info",
+    "cancelled",
+    "class_images",
+)
 
 
 def format_event(event: dict) -> str | None:
@@ -38,6 +49,8 @@ def format_event(event: dict) -> str | None:
     if kind == "start":
         what = "resuming" if event.get("resume") else "training"
         return f"{what} {event['name']!r} on {event['model']} ({event['model_type']}, {event['device']})"
+    if kind == "class_images":
+        return f"class images: {event['generated']} made, {event['reused']} reused ({event['folder']})"
     if kind == "done":
         return f"done after {event['steps']} steps: {', '.join(event['files'])}"
     return None
