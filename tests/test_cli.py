@@ -163,3 +163,77 @@ def test_run_command_uses_the_job_folder(tmp_path, tiny_models, tiny_dataset, ca
     assert read_events(job / "events.jsonl")[-1]["type"] == "done"
     assert main(["run", str(tmp_path / "nowhere")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+DREAMBOOTH_FLAGS = [
+    "--mode",
+    "lora",
+    "--instance-prompt",
+    "a photo of {trigger} dog",
+    "--class-prompt",
+    "a photo of a dog",
+    "--class-negative-prompt",
+    "cartoon",
+    "--num-class-images",
+    "200",
+    "--class-data",
+    "reg/dog",
+    "--prior-loss-weight",
+    "0.5",
+    "--prior",
+    "class-images",
+]
+
+
+def test_dreambooth_flags_override_the_spec_file(tmp_path):
+    """The real train parser: the flags land in the dreambooth section over what the file says."""
+    from lib_trainer.cli import _overrides, build_parser
+    from lib_trainer.spec import apply_overrides, load_spec_file, spec_from_dict
+
+    spec_path = tmp_path / "job.toml"
+    spec_path.write_text(
+        "name = 'x'\n[model]\ncheckpoint = 'm.safetensors'\n[dataset]\npath = 'd'\ntrigger_word = 'sks'\n"
+        "[output]\ndir = 'o'\n[dreambooth]\nclass_prompt = 'a dog'\nnum_class_images = 50\nclass_steps = 20\n"
+    )
+    args = build_parser().parse_args(["train", str(spec_path), *DREAMBOOTH_FLAGS])
+    spec = spec_from_dict(apply_overrides(load_spec_file(args.spec), _overrides(args)))
+    db = spec.dreambooth
+    assert spec.mode == "lora"
+    assert (db.instance_prompt, db.class_prompt, db.class_negative_prompt) == (
+        "a photo of {trigger} dog",
+        "a photo of a dog",
+        "cartoon",
+    )
+    assert (db.num_class_images, db.class_data, db.prior_loss_weight, db.prior) == (
+        200,
+        "reg/dog",
+        0.5,
+        "class-images",
+    )
+    assert db.class_steps == 20  # no flag for it: the file's value stays
+
+
+def test_dreambooth_flags_are_checked_before_training(tmp_path, capsys):
+    code = main(
+        ["train", "--name", "x", "--model", "m.safetensors", "--data", "d", "--prior", "lora-off"]
+        + ["--job-dir", str(tmp_path / "job"), "--num-class-images", "-1"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "dreambooth.num_class_images: expected a whole number from 0 to 10000" in err
+    assert not (tmp_path / "job").exists()
+    job = ["--job-dir", str(tmp_path / "job2")]
+    code = main(["train", "--name", "x", "--model", "m", "--data", "d", "--mode", "dreambooth-lora", *job])
+    assert code == 2
+    assert "dreambooth.class_prompt: is empty" in capsys.readouterr().err
+    assert main(["train", "--name", "x", "--model", "m", "--data", "d", "--mode", "dreambooth", *job]) == 2
+    assert 'mode "dreambooth" (full fine-tune) is not available yet' in capsys.readouterr().err
+    assert not (tmp_path / "job2").exists()
+
+
+def test_train_help_lists_the_dreambooth_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for flag in DREAMBOOTH_FLAGS[::2]:
+        assert flag in out, flag

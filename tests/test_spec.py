@@ -16,6 +16,7 @@ import pytest
 
 from lib_trainer.spec import (
     CLI_FLAGS,
+    DreamBoothSpec,
     JobSpec,
     SamplePrompt,
     SpecError,
@@ -23,6 +24,7 @@ from lib_trainer.spec import (
     default_spec_dict,
     field_paths,
     load_spec_file,
+    schema,
     spec_from_dict,
     spec_to_dict,
 )
@@ -451,11 +453,11 @@ def test_spec_version_defaults_to_1():
     assert spec_from_dict(minimal()).spec_version == 1
 
 
-@pytest.mark.parametrize("mode", ["dreambooth-lora", "dreambooth", "DreamBooth"])
-def test_reserved_modes_are_not_available_yet(mode):
+@pytest.mark.parametrize("mode", ["dreambooth", "DreamBooth"])
+def test_the_full_fine_tune_is_not_available_yet(mode):
     path, message = one_error(with_field("mode", mode))
     assert path == "mode"
-    assert re.match(r'mode "dreambooth(-lora)?" is not available yet in this version', message)
+    assert message.startswith('mode "dreambooth" (full fine-tune) is not available yet'), message
 
 
 def test_unknown_mode():
@@ -531,6 +533,229 @@ def test_trigger_placeholder_needs_a_trigger_word():
 def test_prepend_trigger_needs_a_trigger_word():
     path, _ = one_error(minimal(dataset={"prepend_trigger_word": True}))
     assert path == "dataset.prepend_trigger_word"
+
+
+# ---------------------------------------------------------------- the dreambooth section
+
+
+@pytest.fixture()
+def dreambooth_modes(monkeypatch):
+    """The DreamBooth modes made available, as they will be once the trainer runs them."""
+    monkeypatch.setattr(schema, "AVAILABLE_MODES", schema.MODES)
+
+
+def test_dreambooth_defaults():
+    spec = spec_from_dict(minimal())
+    assert spec.dreambooth == DreamBoothSpec()
+    db = spec.dreambooth
+    assert (db.instance_prompt, db.class_prompt, db.class_negative_prompt, db.class_data) == ("", "", "", "")
+    assert (db.num_class_images, db.prior_loss_weight, db.prior) == (100, 1.0, "class-images")
+    assert (db.class_sampler, db.class_steps, db.class_cfg_scale) == ("euler_a", 30, 7.0)
+    assert default_spec_dict()["dreambooth"] == {
+        "instance_prompt": "",
+        "class_prompt": "",
+        "class_negative_prompt": "",
+        "num_class_images": 100,
+        "class_data": "",
+        "prior_loss_weight": 1.0,
+        "prior": "class-images",
+        "class_sampler": "euler_a",
+        "class_steps": 30,
+        "class_cfg_scale": 7.0,
+    }
+    assert [f.name for f in dataclasses.fields(JobSpec)][-2:] == ["samples", "dreambooth"]
+
+
+def test_dreambooth_round_trip():
+    data = minimal(
+        dataset={"trigger_word": "sks"},
+        dreambooth={
+            "instance_prompt": "a photo of {trigger} dog",
+            "class_prompt": "a photo of a dog",
+            "class_negative_prompt": "cartoon, blurry",
+            "num_class_images": 0,
+            "class_data": "C:/reg/dog",
+            "prior_loss_weight": 0,
+            "class_sampler": "ddim",
+            "class_steps": 150,
+            "class_cfg_scale": 30,
+        },
+    )
+    spec = spec_from_dict(data)
+    assert spec.dreambooth.num_class_images == 0 and spec.dreambooth.prior_loss_weight == 0.0
+    assert type(spec.dreambooth.class_cfg_scale) is float
+    again = spec_from_dict(json.loads(json.dumps(spec_to_dict(spec))))
+    assert again == spec
+    assert spec_to_dict(spec)["dreambooth"]["class_data"] == "C:/reg/dog"
+
+
+def test_dreambooth_round_trip_with_a_dreambooth_mode(dreambooth_modes):
+    data = minimal(dreambooth={"class_prompt": "a photo of a dog", "prior": "lora-off"})
+    data["mode"] = "dreambooth-lora"
+    spec = spec_from_dict(data)
+    assert spec.mode == "dreambooth-lora" and spec.dreambooth.prior == "lora-off"
+    assert spec_from_dict(spec_to_dict(spec)) == spec
+
+
+def test_a_spec_without_the_dreambooth_section_still_loads(tmp_path):
+    old = copy.deepcopy(EXAMPLE)
+    assert "dreambooth" not in old
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old), encoding="utf-8")
+    spec = spec_from_dict(load_spec_file(path))
+    assert spec.spec_version == 1 and spec.dreambooth == DreamBoothSpec()
+    toml = tmp_path / "old.toml"
+    toml.write_text('name = "x"\n[model]\ncheckpoint = "m"\n[dataset]\npath = "d"\n[output]\ndir = "o"\n')
+    assert spec_from_dict(load_spec_file(toml)).dreambooth == DreamBoothSpec()
+    assert spec_from_dict(minimal(dreambooth={})).dreambooth == DreamBoothSpec()
+
+
+@pytest.mark.parametrize(
+    "dotted, value, expected",
+    [
+        ("dreambooth.instance_prompt", 5, "expected text in quotes"),
+        ("dreambooth.instance_prompt", "x" * 1001, "at most 1000"),
+        ("dreambooth.class_prompt", None, "expected text in quotes"),
+        ("dreambooth.class_prompt", "x" * 1001, "at most 1000"),
+        ("dreambooth.class_negative_prompt", ["a"], "expected text in quotes"),
+        ("dreambooth.num_class_images", -1, "from 0 to 10000"),
+        ("dreambooth.num_class_images", 10001, "from 0 to 10000"),
+        ("dreambooth.num_class_images", 1.5, "a whole number"),
+        ("dreambooth.num_class_images", "100", "without quotes"),
+        ("dreambooth.class_data", 3, "expected a path in quotes"),
+        ("dreambooth.prior_loss_weight", -0.1, "from 0 to 100"),
+        ("dreambooth.prior_loss_weight", 101, "from 0 to 100"),
+        ("dreambooth.prior_loss_weight", True, "expected a number"),
+        ("dreambooth.prior", "class_image", 'did you mean "class-images"'),
+        ("dreambooth.prior", "none", '"class-images", "lora-off"'),
+        ("dreambooth.class_sampler", "plms", '"euler_a", "euler", "ddim", "dpmpp_2m"'),
+        ("dreambooth.class_steps", 0, "from 1 to 150"),
+        ("dreambooth.class_steps", 151, "from 1 to 150"),
+        ("dreambooth.class_cfg_scale", 0.5, "from 1 to 30"),
+        ("dreambooth.class_cfg_scale", 31, "from 1 to 30"),
+    ],
+)
+def test_dreambooth_field_checks(dotted, value, expected):
+    path, message = one_error(with_field(dotted, value))
+    assert path == dotted
+    assert expected in message
+
+
+@pytest.mark.parametrize(
+    "dotted, value, stored",
+    [
+        ("dreambooth.instance_prompt", "  a photo of sks dog ", "a photo of sks dog"),
+        ("dreambooth.class_prompt", " a photo of a dog\n", "a photo of a dog"),
+        ("dreambooth.class_negative_prompt", " blurry ", " blurry "),
+        ("dreambooth.class_data", '"C:\\reg\\1_dog"', "C:\\reg\\1_dog"),
+        ("dreambooth.class_data", "  ", ""),
+        ("dreambooth.class_data", None, ""),
+        ("dreambooth.prior", "Class Images", "class-images"),
+        ("dreambooth.class_sampler", "Euler a", "euler_a"),
+        ("dreambooth.class_sampler", "DPM++ 2M", "dpmpp_2m"),
+        ("dreambooth.num_class_images", 100.0, 100),
+        ("dreambooth.class_cfg_scale", 7, 7.0),
+    ],
+)
+def test_dreambooth_values_are_normalised(dotted, value, stored):
+    got = getattr(spec_from_dict(with_field(dotted, value)).dreambooth, dotted.split(".")[1])
+    assert got == stored and type(got) is type(stored)
+
+
+@pytest.mark.parametrize(
+    "data, path, hint",
+    [
+        (
+            minimal(dreambooth={"class_prompts": "x"}),
+            "dreambooth.class_prompts",
+            'did you mean "class_prompt"',
+        ),
+        (minimal(class_prompt="a dog"), "class_prompt", "dreambooth.class_prompt"),
+        (minimal(training={"prior_loss_weight": 1}), "training.prior_loss_weight", "dreambooth"),
+    ],
+)
+def test_dreambooth_unknown_fields(data, path, hint):
+    got_path, message = one_error(data)
+    assert got_path == path and hint in message
+
+
+def test_dreambooth_section_must_be_a_table():
+    path, message = one_error(minimal(dreambooth="a photo of a dog"))
+    assert path == "dreambooth" and "table of settings" in message
+
+
+def test_instance_prompt_trigger_needs_a_trigger_word():
+    path, message = one_error(minimal(dreambooth={"instance_prompt": "a photo of {trigger} dog"}))
+    assert path == "dreambooth.instance_prompt" and "dataset.trigger_word" in message
+    spec = spec_from_dict(
+        minimal(dataset={"trigger_word": "sks"}, dreambooth={"instance_prompt": "a photo of {trigger} dog"})
+    )
+    assert spec.dreambooth.instance_prompt == "a photo of {trigger} dog"  # replaced when it is used
+
+
+def _dreambooth_problems(mode, **dreambooth) -> list[tuple[str, str]]:
+    """The cross check itself, the way the loader calls it for the top level."""
+    return schema._job_checks(
+        {"mode": mode, "dataset": None, "samples": None, "dreambooth": DreamBoothSpec(**dreambooth)}
+    )
+
+
+@pytest.mark.parametrize("mode", ["dreambooth-lora", "dreambooth"])
+def test_dreambooth_modes_need_a_class_prompt(mode):
+    [(path, message)] = _dreambooth_problems(mode)
+    assert path == "dreambooth.class_prompt"
+    assert f'mode "{mode}"' in message and '"a photo of a dog"' in message
+    assert _dreambooth_problems(mode, class_prompt="a photo of a dog") == []
+
+
+def test_lora_off_only_with_dreambooth_lora():
+    assert _dreambooth_problems("dreambooth-lora", class_prompt="a dog", prior="lora-off") == []
+    [(path, message)] = _dreambooth_problems("dreambooth", class_prompt="a dog", prior="lora-off")
+    assert path == "dreambooth.prior"
+    assert '"dreambooth-lora"' in message and '"class-images"' in message
+    # mode "lora" does not read the section: nothing in it is an error there
+    assert _dreambooth_problems("lora", prior="lora-off") == []
+
+
+def test_lora_mode_does_not_need_a_class_prompt():
+    assert _dreambooth_problems("lora") == []
+    assert spec_from_dict(minimal()).dreambooth.class_prompt == ""
+
+
+def test_no_dreambooth_cross_check_when_the_mode_itself_is_wrong():
+    """The full fine-tune is not available yet: it fails on `mode` alone, no second message."""
+    path, _ = one_error(with_field("mode", "dreambooth"))
+    assert path == "mode"
+    assert schema._job_checks({"dreambooth": DreamBoothSpec(prior="lora-off")}) == []
+    assert schema._job_checks({"mode": "dreambooth", "dreambooth": None}) == []
+
+
+@pytest.mark.parametrize("mode", ["dreambooth-lora", "dreambooth"])
+def test_dreambooth_cross_checks_fire_once_the_modes_are_available(dreambooth_modes, mode):
+    data = minimal()
+    data["mode"] = mode
+    path, message = one_error(data)
+    assert path == "dreambooth.class_prompt" and "is empty" in message
+    data["dreambooth"] = {"class_prompt": "a photo of a dog"}
+    assert spec_from_dict(data).mode == mode
+    data["dreambooth"]["prior"] = "lora-off"
+    if mode == "dreambooth":
+        assert one_error(data)[0] == "dreambooth.prior"
+    else:
+        assert spec_from_dict(data).dreambooth.prior == "lora-off"
+
+
+def test_lora_off_with_mode_lora_is_ignored_like_the_rest_of_the_section():
+    assert spec_from_dict(minimal(dreambooth={"prior": "lora-off"})).dreambooth.prior == "lora-off"
+
+
+def test_all_dreambooth_problems_are_reported_together(dreambooth_modes):
+    data = minimal(dreambooth={"prior": "lora-off", "class_steps": 0})
+    data["mode"] = "dreambooth"
+    # a field that fails its own check leaves the section out of the cross checks (as for other tables)
+    assert [p for p, _ in errors_of(data)] == ["dreambooth.class_steps"]
+    data["dreambooth"]["class_steps"] = 20
+    assert [p for p, _ in errors_of(data)] == ["dreambooth.class_prompt", "dreambooth.prior"]
 
 
 # ---------------------------------------------------------------- files
@@ -720,6 +945,14 @@ REQUIRED_FLAGS = {
     "--model-type": "model.model_type",
     "--sample-every-epochs": "samples.every_epochs",
     "--save-precision": "output.save_precision",
+    "--mode": "mode",
+    "--instance-prompt": "dreambooth.instance_prompt",
+    "--class-prompt": "dreambooth.class_prompt",
+    "--class-negative-prompt": "dreambooth.class_negative_prompt",
+    "--num-class-images": "dreambooth.num_class_images",
+    "--class-data": "dreambooth.class_data",
+    "--prior-loss-weight": "dreambooth.prior_loss_weight",
+    "--prior": "dreambooth.prior",
 }
 
 
@@ -787,6 +1020,45 @@ def test_cli_flags_feed_overrides():
     assert _cli_parser().parse_args(["--resolution", "640"]).__dict__["training.resolution"] == 640
     assert _cli_parser().parse_args(["--lr-warmup", "50"]).__dict__["training.lr_warmup_steps"] == 50
     _cli_parser().format_help()  # help texts must survive argparse's % formatting
+
+
+def test_cli_flags_set_the_dreambooth_section():
+    table = {flag: kind for flag, _, kind, _ in CLI_FLAGS}
+    assert table["--num-class-images"] is int and table["--prior-loss-weight"] is float
+    args = _cli_parser().parse_args(
+        [
+            "--instance-prompt",
+            "a photo of {trigger} dog",
+            "--class-prompt",
+            " a photo of a dog ",
+            "--class-negative-prompt",
+            "cartoon",
+            "--num-class-images",
+            "200",
+            "--class-data",
+            "reg/dog",
+            "--prior-loss-weight",
+            "0.5",
+            "--prior",
+            "Class Images",
+        ]
+    )
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    from_file = minimal(
+        dataset={"trigger_word": "sks"}, dreambooth={"class_prompt": "a dog", "class_steps": 20}
+    )
+    spec = spec_from_dict(apply_overrides(from_file, overrides))
+    assert spec.dreambooth == DreamBoothSpec(
+        instance_prompt="a photo of {trigger} dog",
+        class_prompt="a photo of a dog",
+        class_negative_prompt="cartoon",
+        num_class_images=200,
+        class_data="reg/dog",
+        prior_loss_weight=0.5,
+        prior="class-images",
+        class_steps=20,  # from the file: no flag touches it
+    )
+    assert "(default: 100)" in dict((f, h) for f, _, _, h in CLI_FLAGS)["--num-class-images"]
 
 
 def test_cli_bad_resolution_is_a_clear_argparse_error(capsys):

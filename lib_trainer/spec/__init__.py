@@ -17,6 +17,7 @@ from .load import (
 from .schema import (
     SPEC_VERSION,
     DatasetSpec,
+    DreamBoothSpec,
     JobSpec,
     ModelSpec,
     NetworkSpec,
@@ -31,6 +32,7 @@ __all__ = [
     "CLI_FLAGS",
     "SPEC_VERSION",
     "DatasetSpec",
+    "DreamBoothSpec",
     "JobSpec",
     "ModelSpec",
     "NetworkSpec",

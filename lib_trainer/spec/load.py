@@ -349,6 +349,12 @@ def _flag(
 
 CLI_FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     _flag("--name", "name", str, "name of the LoRA file, without .safetensors"),
+    _flag(
+        "--mode",
+        "mode",
+        str,
+        "what to train: lora (dreambooth-lora and dreambooth are not available yet)",
+    ),
     _flag("--model", "model.checkpoint", str, "base model to train on: a .safetensors or .ckpt file"),
     _flag("--vae", "model.vae", str, "separate VAE file; 'none' uses the VAE inside the model"),
     _flag(
@@ -471,5 +477,50 @@ CLI_FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "samples.every_epochs",
         int,
         "make sample images every N epochs; 0 means never",
+    ),
+    _flag(
+        "--instance-prompt",
+        "dreambooth.instance_prompt",
+        str,
+        "DreamBooth: prompt used for every image of your subject instead of its caption, "
+        "e.g. 'a photo of {trigger} dog'; {trigger} becomes the trigger word",
+    ),
+    _flag(
+        "--class-prompt",
+        "dreambooth.class_prompt",
+        str,
+        "DreamBooth: the class your subject belongs to, e.g. 'a photo of a dog'",
+    ),
+    _flag(
+        "--class-negative-prompt",
+        "dreambooth.class_negative_prompt",
+        str,
+        "DreamBooth: negative prompt for generating the class images",
+    ),
+    _flag(
+        "--num-class-images",
+        "dreambooth.num_class_images",
+        int,
+        "DreamBooth: how many class images to use; missing ones are generated",
+    ),
+    _flag(
+        "--class-data",
+        "dreambooth.class_data",
+        str,
+        "DreamBooth: folder of your own class images (default: generate them with the base model)",
+    ),
+    _flag(
+        "--prior-loss-weight",
+        "dreambooth.prior_loss_weight",
+        float,
+        "DreamBooth: weight of the prior-preservation loss, which keeps the class "
+        "(e.g. other dogs) from turning into your subject",
+    ),
+    _flag(
+        "--prior",
+        "dreambooth.prior",
+        str,
+        "DreamBooth: what keeps the class in place: class-images, or lora-off (the base model's "
+        "own result with the LoRA switched off; no class images needed; dreambooth-lora only)",
     ),
 ]

@@ -241,13 +241,15 @@ def check_spec_version(value: Any) -> int:
 
 
 MODES = ("lora", "dreambooth-lora", "dreambooth")
-AVAILABLE_MODES = ("lora",)
+AVAILABLE_MODES = ("lora", "dreambooth-lora")  # "dreambooth" (full fine-tune) is not implemented yet
 
 
 def check_mode(value: Any) -> str:
     mode = choice(MODES)(value)
     if mode not in AVAILABLE_MODES:
-        raise Invalid(f'mode {show(mode)} is not available yet in this version; use "lora"')
+        raise Invalid(
+            f'mode {show(mode)} (full fine-tune) is not available yet; use "lora" or "dreambooth-lora"'
+        )
     return mode
 
 
@@ -507,6 +509,29 @@ class SamplesSpec:
     prompts: tuple[SamplePrompt, ...] = field(default=(), metadata={"items": SamplePrompt})
 
 
+PRIORS = ("class-images", "lora-off")
+
+
+@dataclass(frozen=True)
+class DreamBoothSpec:
+    """DreamBooth: the instance (your subject) and the class it belongs to, kept from drifting by a prior-preservation loss.
+
+    Read only by the modes "dreambooth-lora" and "dreambooth"; `{trigger}` in instance_prompt becomes
+    dataset.trigger_word. class_data "" means: generate the class images with the base model.
+    """
+
+    instance_prompt: str = _f("", text(strip=True, max_len=1000))
+    class_prompt: str = _f("", text(strip=True, max_len=1000))
+    class_negative_prompt: str = _f("", text())
+    num_class_images: int = _f(100, integer(0, 10000))
+    class_data: str = _f("", file_path(empty=""))
+    prior_loss_weight: float = _f(1.0, number(0, 100))
+    prior: str = _f("class-images", choice(PRIORS))
+    class_sampler: str = _f("euler_a", choice(SAMPLERS))
+    class_steps: int = _f(30, integer(1, 150))
+    class_cfg_scale: float = _f(7.0, number(1, 30))
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """One training job. Frozen: it is validated once, so nothing may change it behind the validator's back."""
@@ -520,6 +545,7 @@ class JobSpec:
     training: TrainingSpec = _section(TrainingSpec)
     output: OutputSpec = _section(OutputSpec)
     samples: SamplesSpec = _section(SamplesSpec)
+    dreambooth: DreamBoothSpec = _section(DreamBoothSpec)
 
 
 # ---------------------------------------------------------------- checks that involve more than one field
@@ -568,18 +594,53 @@ def _network_checks(v: dict[str, Any]) -> Problems:
     return []
 
 
-def _job_checks(v: dict[str, Any]) -> Problems:
-    dataset, samples = v.get("dataset"), v.get("samples")
-    if dataset is None or samples is None or dataset.trigger_word:
+_NO_TRIGGER = "uses {trigger} but dataset.trigger_word is empty; set a trigger word or remove {trigger}"
+
+
+def _trigger_checks(v: dict[str, Any]) -> Problems:
+    dataset, samples, dreambooth = v.get("dataset"), v.get("samples"), v.get("dreambooth")
+    if dataset is None or dataset.trigger_word:
         return []
-    return [
-        (
-            f"samples.prompts[{i}].prompt",
-            "uses {trigger} but dataset.trigger_word is empty; set a trigger word or remove {trigger}",
+    out = []
+    if samples is not None:
+        out += [
+            (f"samples.prompts[{i}].prompt", _NO_TRIGGER)
+            for i, p in enumerate(samples.prompts)
+            if "{trigger}" in p.prompt
+        ]
+    if dreambooth is not None and "{trigger}" in dreambooth.instance_prompt:
+        out.append(("dreambooth.instance_prompt", _NO_TRIGGER))
+    return out
+
+
+def _dreambooth_checks(v: dict[str, Any]) -> Problems:
+    """The dreambooth section against the mode (a mode that failed its own check is missing: no check)."""
+    mode, dreambooth = v.get("mode"), v.get("dreambooth")
+    if mode is None or dreambooth is None:
+        return []
+    out = []
+    if mode in ("dreambooth-lora", "dreambooth") and not dreambooth.class_prompt:
+        out.append(
+            (
+                "dreambooth.class_prompt",
+                f"is empty, but mode {show(mode)} needs it; give the class your subject belongs to, "
+                'e.g. "a photo of a dog"',
+            )
         )
-        for i, p in enumerate(samples.prompts)
-        if "{trigger}" in p.prompt
-    ]
+    # mode "lora" does not read the section, so nothing there can be wrong for it
+    if dreambooth.prior == "lora-off" and mode == "dreambooth":
+        out.append(
+            (
+                "dreambooth.prior",
+                f'"lora-off" works only with mode "dreambooth-lora" (mode is {show(mode)}); '
+                'use "class-images"',
+            )
+        )
+    return out
+
+
+def _job_checks(v: dict[str, Any]) -> Problems:
+    return _trigger_checks(v) + _dreambooth_checks(v)
 
 
 CROSS_CHECKS: dict[type, Callable[[dict[str, Any]], Problems]] = {

@@ -37,6 +37,7 @@ from .runner import (
     StopRequested,
     StopSignals,
     TrainContext,
+    _stop_requested,
     precision_dtypes,
     restore,
     save_resume_state,
@@ -47,6 +48,9 @@ from .runner import (
 from .schedulers import build_scheduler, resolve_warmup_steps
 
 log = logging.getLogger("lib_trainer")
+CLASS_IMAGE_CACHE = (
+    "_class-images"  # next to the job folders, so every job with the same base and class prompt shares it
+)
 USER_ERRORS = (SpecError, PreflightError, DatasetError, ModelFormatError, TrainingConfigError)
 
 
@@ -91,26 +95,22 @@ def prepare_data(ctx: TrainContext) -> None:
             (width, height), min(width, height), max(width, height), step, False, fixed=True
         )
     ctx.data = assign_buckets(scan, manager, spec.training.batch_size, spec.training.seed)
+    ctx.bucket_manager = manager
     ctx.scan = scan
     ctx.events.emit("info", message="buckets:\n" + ctx.data.bucket_summary())
 
 
-def cache_latents(ctx: TrainContext) -> None:
+def _latent_source(ctx: TrainContext, data, folder: Path, what: str) -> LatentSource:
+    """Latents of `data` (cached as dataset.cache_latents says), encoded now unless caching is off."""
     spec = ctx.spec
     mode = spec.dataset.cache_latents
     disk = None
     if mode == "disk":
-        disk = (
-            Path(spec.dataset.cache_dir)
-            if spec.dataset.cache_dir
-            else default_cache_dir(ctx.resolved.dataset_dir)
-        )
-    vae = ctx.base.vae
-    vae_id = outputs.vae_identity(ctx)
-    cache = LatentCache(disk, vae_id) if mode != "off" else None
-    ctx.latents = LatentSource(ctx.data, vae, cache, ctx.device, cache_on=mode != "off")
+        disk = Path(spec.dataset.cache_dir) if spec.dataset.cache_dir else default_cache_dir(folder)
+    cache = LatentCache(disk, outputs.vae_identity(ctx)) if mode != "off" else None
+    source = LatentSource(data, ctx.base.vae, cache, ctx.device, cache_on=mode != "off")
     if mode == "off":
-        return
+        return source
     flips = (False, True) if spec.dataset.flip_aug else (False,)
     started = time.time()
     last = [0.0]
@@ -119,11 +119,80 @@ def cache_latents(ctx: TrainContext) -> None:
         if time.time() - last[0] > 1.0 or done == total:
             last[0] = time.time()
             ctx.events.emit(
-                "info", message=f"caching latents {done}/{total}", stage="cache", done=done, total=total
+                "info", message=f"caching {what}latents {done}/{total}", stage="cache", done=done, total=total
             )
 
-    ctx.latents.warm(flips, report)
-    ctx.events.emit("info", message=f"latents ready in {time.time() - started:.1f}s", stage="cache")
+    source.warm(flips, report)
+    ctx.events.emit("info", message=f"{what}latents ready in {time.time() - started:.1f}s", stage="cache")
+    return source
+
+
+def cache_latents(ctx: TrainContext) -> None:
+    ctx.latents = _latent_source(ctx, ctx.data, ctx.resolved.dataset_dir, "")
+
+
+def setup_prior(ctx: TrainContext) -> None:
+    """The class half of DreamBooth (before the LoRA layers exist, so class images come from the base model)."""
+    from .class_images import ClassImageSettings, ClassImagesStopped, ensure_class_images, model_fingerprint
+    from .prior import DREAMBOOTH_MODES, LORA_OFF, ClassImagePrior, LoraOffPrior
+
+    spec = ctx.spec
+    if spec.mode not in DREAMBOOTH_MODES:
+        return
+    db = spec.dreambooth
+    if db.prior == LORA_OFF:
+        ctx.prior = LoraOffPrior(db.class_prompt, db.prior_loss_weight)
+        ctx.events.emit(
+            "info", message=f'prior preservation: base model with the LoRA off for "{db.class_prompt}"'
+        )
+        return
+    if db.class_data:
+        folder = Path(db.class_data).expanduser()
+        scan = scan_dataset(folder, caption_extension=spec.dataset.caption_extension, trigger_word="")
+        ctx.events.emit(
+            "class_images", generated=0, reused=0, total=len(scan.items), folder=str(folder), source="folder"
+        )
+    else:
+        width, height = training_size(spec)
+        settings = ClassImageSettings(
+            prompt=db.class_prompt,
+            negative_prompt=db.class_negative_prompt,
+            count=db.num_class_images,
+            width=width,
+            height=height,
+            sampler=db.class_sampler,
+            steps=db.class_steps,
+            cfg_scale=db.class_cfg_scale,
+            clip_skip=spec.model.clip_skip,
+            seed=spec.training.seed,
+        )
+        for m in (ctx.base.unet, *ctx.base.text_encoders):
+            m.eval()
+        try:
+            made = ensure_class_images(
+                ctx.base,
+                settings,
+                ctx.job_dir.parent / CLASS_IMAGE_CACHE,
+                # the files, and what the job decided about them (a forced prediction type draws differently)
+                fingerprint=f"{model_fingerprint(ctx.resolved.checkpoint, ctx.resolved.vae)}:"
+                f"{ctx.base.arch.model_type_label}:{ctx.base.arch.prediction_type}",
+                training_scheduler=ctx.noise_scheduler,
+                device=ctx.device,
+                autocast_dtype=ctx.autocast_dtype,
+                events=ctx.events,
+                should_stop=lambda: _stop_requested(ctx),
+            )
+        except ClassImagesStopped:
+            raise StopRequested from None
+        folder = made.folder
+        wanted = {p.resolve() for p in made.images}
+        scan = scan_dataset(folder, caption_extension=".txt", trigger_word="")
+        scan.items = [item for item in scan.items if Path(item.path).resolve() in wanted]
+    if not scan.items:
+        raise DatasetError(f"there are no class images in {folder}; set dreambooth.num_class_images above 0")
+    data = assign_buckets(scan, ctx.bucket_manager, spec.training.batch_size, spec.training.seed + 1)
+    latents = _latent_source(ctx, data, folder, "class image ")
+    ctx.prior = ClassImagePrior(data, latents, db.class_prompt, db.prior_loss_weight)
 
 
 def setup_models(ctx: TrainContext) -> None:
@@ -255,6 +324,7 @@ def run_job(
         setup_models(ctx)
         warn_long_captions(ctx)
         cache_latents(ctx)
+        setup_prior(ctx)
         add_networks(ctx)
         if resume:
             restore(ctx)
@@ -298,6 +368,9 @@ def run_job(
 
 
 def _cancel(ctx: TrainContext, events: EventWriter) -> int:
+    if ctx.optimizer is None:  # stopped while setting up (e.g. making class images): nothing to save yet
+        events.emit("cancelled", reason=ctx.stop_reason, step=0, files=[], resumable=False)
+        return EXIT_CANCELLED
     files = []
     if ctx.spec.output.save_lora_on_cancel:
         files = outputs.save_cancelled(ctx)

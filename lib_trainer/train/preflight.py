@@ -111,6 +111,19 @@ def check_dataset_dir(value: str) -> Path:
     return path
 
 
+def check_class_data(spec) -> None:
+    """A user's class image folder must exist before minutes go into loading the model."""
+    db = spec.dreambooth
+    if spec.mode == "lora" or db.prior != "class-images" or not db.class_data:
+        return
+    path = Path(db.class_data).expanduser()
+    if not path.is_dir():
+        raise PreflightError(
+            "dreambooth.class_data",
+            f"class image folder not found: {path}; leave it empty to generate class images with the base model",
+        )
+
+
 def check_optimizer_device(spec, device: torch.device) -> None:
     if spec.training.optimizer == "AdamW8bit" and device.type != "cuda":
         raise PreflightError(
@@ -131,6 +144,7 @@ def preflight(spec) -> Resolved:
     """Fail fast, in the order a user would fix things."""
     checkpoint, vae, arch = check_model(spec)
     dataset_dir = check_dataset_dir(spec.dataset.path)
+    check_class_data(spec)
     device = resolve_device(spec.training.device)
     check_optimizer_device(spec, device)
     output_dir = check_output_dir(spec.output.dir)

@@ -14,6 +14,7 @@ import math
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from .conditioning import encode_sd, encode_sdxl, sdxl_time_ids
 from .dataset_prep import LatentSource, PreparedData, captions_for, sample_latents
 from .events import EventWriter
 from .preflight import Resolved
+from .prior import LORA_OFF, adapters_disabled, combine_prior_loss
 from .state import Progress, load_state, save_state
 
 log = logging.getLogger("lib_trainer")
@@ -63,6 +65,8 @@ class TrainContext:
     saved_files: list[str] = field(default_factory=list)
     scan: object = None  # data.scan.DatasetScan
     last_samples: list[Path] = field(default_factory=list)
+    prior: object = None  # prior.ClassImagePrior / LoraOffPrior for the DreamBooth modes
+    bucket_manager: object = None  # data.buckets.BucketManager of the instance data (class images reuse it)
 
     @property
     def device(self) -> torch.device:
@@ -118,32 +122,46 @@ def _stop_requested(ctx: TrainContext) -> bool:
     return ctx.stop_reason is not None
 
 
-def compute_loss(ctx: TrainContext, entries: list[int]) -> torch.Tensor:
+def _encode(ctx: TrainContext, captions: list[str]):
+    base, spec = ctx.base, ctx.spec
+    with contextlib.nullcontext() if spec.network.train_text_encoder else torch.no_grad():
+        if base.arch.is_sdxl:
+            return encode_sdxl(base.text_encoders, base.tokenizers, captions, ctx.device)
+        return encode_sd(
+            base.text_encoders[0], base.tokenizers[0], captions, spec.model.clip_skip, ctx.device
+        ), None
+
+
+def _half_loss(
+    ctx: TrainContext,
+    data: PreparedData,
+    latent_source: LatentSource,
+    entries: list[int],
+    caption_fn: Callable[[list[int]], list[str]],
+    *,
+    base_model_target: bool = False,
+) -> torch.Tensor:
+    """The diffusion loss of one batch of `data`. With `base_model_target` the target is the prediction of
+    the base model (LoRA switched off) for the same input, instead of the noise/velocity."""
     from .noise import diffusion_loss, sample_noise, sample_timesteps, training_target
 
-    base, data, spec = ctx.base, ctx.data, ctx.spec
+    base, spec = ctx.base, ctx.spec
     flips = [spec.dataset.flip_aug and ctx.caption_rng.random() < 0.5 for _ in entries]
     sample_ids = [data.entries[e] for e in entries]
-    params = torch.stack([ctx.latents.get(i, f) for i, f in zip(sample_ids, flips, strict=True)])
+    params = torch.stack([latent_source.get(i, f) for i, f in zip(sample_ids, flips, strict=True)])
     latents = sample_latents(params, ctx.noise_generator, base.vae.config.scaling_factor).to(ctx.device)
-    captions = captions_for(entries, data, spec.dataset, ctx.caption_rng)
+    captions = caption_fn(entries)  # after the flips: the caption RNG's order is part of reproducibility
     noise = sample_noise(latents, ctx.noise_generator, spec.training.noise_offset)
     timesteps = sample_timesteps(len(entries), ctx.noise_generator).to(ctx.device)
     noisy = ctx.noise_scheduler.add_noise(latents, noise, timesteps)
-    train_te = spec.network.train_text_encoder
     autocast = (
         torch.autocast(ctx.device.type, dtype=ctx.autocast_dtype)
         if ctx.autocast_dtype is not None
         else contextlib.nullcontext()
     )
-    with autocast:
-        with contextlib.nullcontext() if train_te else torch.no_grad():
-            if base.arch.is_sdxl:
-                context, pooled = encode_sdxl(base.text_encoders, base.tokenizers, captions, ctx.device)
-            else:
-                context = encode_sd(
-                    base.text_encoders[0], base.tokenizers[0], captions, spec.model.clip_skip, ctx.device
-                )
+
+    def predict() -> torch.Tensor:
+        context, pooled = _encode(ctx, captions)
         kwargs = {}
         if base.arch.is_sdxl:
             samples = [data.samples[i] for i in sample_ids]
@@ -155,8 +173,15 @@ def compute_loss(ctx: TrainContext, entries: list[int]) -> torch.Tensor:
                 pooled.dtype,
             )
             kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": ids}
-        pred = base.unet(noisy.to(ctx.weight_dtype), timesteps, context.to(ctx.weight_dtype), **kwargs).sample
-    target = training_target(ctx.noise_scheduler, latents, noise, timesteps)
+        return base.unet(noisy.to(ctx.weight_dtype), timesteps, context.to(ctx.weight_dtype), **kwargs).sample
+
+    with autocast:
+        pred = predict()
+        if base_model_target:
+            with torch.no_grad(), adapters_disabled([base.unet, *base.text_encoders]):
+                target = predict().detach()
+    if not base_model_target:
+        target = training_target(ctx.noise_scheduler, latents, noise, timesteps)
     return diffusion_loss(
         pred.float(),
         target.float(),
@@ -165,6 +190,29 @@ def compute_loss(ctx: TrainContext, entries: list[int]) -> torch.Tensor:
         min_snr_gamma=spec.training.min_snr_gamma,
         prediction_type=base.arch.prediction_type,
     )
+
+
+def instance_captions(ctx: TrainContext, entries: list[int]) -> list[str]:
+    """The captions of an instance batch; DreamBooth's instance prompt, when given, replaces them."""
+    prompt = ctx.spec.dreambooth.instance_prompt if ctx.prior is not None else ""
+    if prompt:
+        return [prompt.replace("{trigger}", ctx.spec.dataset.trigger_word)] * len(entries)
+    return captions_for(entries, ctx.data, ctx.spec.dataset, ctx.caption_rng)
+
+
+def compute_loss(ctx: TrainContext, entries: list[int]) -> torch.Tensor:
+    loss = _half_loss(ctx, ctx.data, ctx.latents, entries, lambda e: instance_captions(ctx, e))
+    prior = ctx.prior
+    if prior is None:
+        return loss
+    if prior.kind == LORA_OFF:
+        class_loss = _half_loss(
+            ctx, ctx.data, ctx.latents, entries, lambda e: [prior.prompt] * len(e), base_model_target=True
+        )
+    else:
+        class_entries = prior.next_batch()
+        class_loss = _half_loss(ctx, prior.data, prior.latents, class_entries, prior.captions)
+    return combine_prior_loss(loss, class_loss, prior.weight)
 
 
 def _trainable_modules(ctx: TrainContext) -> list[torch.nn.Module]:

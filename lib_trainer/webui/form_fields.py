@@ -32,6 +32,7 @@ GROUPS: tuple[str, ...] = (
     "Speed & memory",
     "Saving",
     "Samples",
+    "DreamBooth",
 )
 KINDS = ("text", "textarea", "number", "int", "slider", "checkbox", "dropdown")
 AUTO = "auto"  # the dropdown entry of a nullable choice field that stands for null (detect / automatic)
@@ -93,7 +94,8 @@ def _auto(options: tuple[str, ...]) -> tuple[str, ...]:
 _MAX_SEED = 2**32 - 1
 _TABLE: dict[str, tuple[FieldSpec, ...]] = {
     "Model": (
-        _f("mode", "dropdown", "Training type", "What kind of training to run. This version trains LoRAs only.",
+        _f("mode", "dropdown", "Training type", "What kind of training to run. lora: a LoRA from your images. dreambooth-lora: a LoRA with DreamBooth prior "
+           "preservation (set the class prompt under DreamBooth).",
            choices=schema.AVAILABLE_MODES),
         _f("model.vae", "text", "VAE",
            'The VAE turns images into the compact form the model learns from. "current" (or empty): the VAE '
@@ -292,6 +294,44 @@ _TABLE: dict[str, tuple[FieldSpec, ...]] = {
            "--n negative prompt, --s steps, --l CFG scale, --d seed, --w width, --h height, e.g. "
            "{trigger}, portrait --n blurry --s 25 --w 512 --h 768. Empty = one sample from the first caption.",
            placeholder="{trigger}, portrait photo --n blurry --s 25"),
+    ),
+    "DreamBooth": (
+        _f("dreambooth.instance_prompt", "text", "Instance prompt",
+           "DreamBooth only. The prompt used for every image of your subject instead of its caption, e.g. "
+           "a photo of {trigger} dog; {trigger} becomes the trigger word. Empty = use the captions.",
+           placeholder="empty = use the captions"),
+        _f("dreambooth.class_prompt", "text", "Class prompt",
+           "DreamBooth only, and needed there. What your subject is in general, e.g. a photo of a dog for "
+           "your own dog. The class images are made with this prompt.",
+           placeholder="e.g. a photo of a dog"),
+        _f("dreambooth.class_negative_prompt", "text", "Class negative prompt",
+           "Negative prompt used when the class images are generated. Usually empty."),
+        _f("dreambooth.num_class_images", "int", "Number of class images",
+           "How many class images DreamBooth uses. Missing ones are generated with the base model before "
+           "training starts (this takes a while). Usually 100 to 200.",
+           minimum=0, maximum=10000, step=1),
+        _f("dreambooth.class_data", "text", "Class images folder",
+           "A folder of your own class images (also called regularization images), e.g. photos of other "
+           "dogs. Kohya-style subfolders such as 1_dog work too. Empty = generate them with the base model.",
+           nullable=True, placeholder="empty = generate them with the base model"),
+        _f("dreambooth.prior_loss_weight", "number", "Prior loss weight",
+           "Prior preservation keeps the model's idea of the whole class (all dogs, not only yours) from "
+           "turning into your subject, by training on the class at the same time. This sets how strongly. "
+           "Usually 1.",
+           minimum=0.0, maximum=100.0),
+        _f("dreambooth.prior", "dropdown", "Prior preservation method",
+           "How prior preservation (keeping the class as it was) is done. class-images: also train on "
+           "images of the class, generated or your own. lora-off: compare with the base model's own result "
+           "with the LoRA switched off, so no class images are needed (DreamBooth LoRA only).",
+           choices=schema.PRIORS),
+        _f("dreambooth.class_sampler", "dropdown", "Class image sampler",
+           "Sampler used to generate the class images; euler_a is Euler a.", choices=schema.SAMPLERS),
+        _f("dreambooth.class_steps", "slider", "Class image steps",
+           "Sampling steps for each generated class image. Usually 20 to 30.",
+           minimum=1, maximum=150, step=1),
+        _f("dreambooth.class_cfg_scale", "slider", "Class image CFG scale",
+           "CFG scale of the generated class images: how closely they follow the class prompt. Usually 7.",
+           minimum=1.0, maximum=30.0, step=0.5),
     ),
 }  # fmt: skip
 

@@ -146,10 +146,13 @@ class TabController:
         except (KeyError, SpecError) as exc:
             return list(values), self._error_html(exc)
         # A preset is applied to the defaults, not on top of the previous preset, so picking it always gives
-        # the same settings; only what describes this run's content (sample prompts, VAE) is kept.
+        # the same settings; only what describes this run's content (sample prompts, VAE, the training type
+        # and its DreamBooth prompts and class folder) is kept.
         merged = apply_preset(default_spec_dict(), preset)
         merged["model"]["vae"] = spec["model"].get("vae", CURRENT)
         merged["samples"]["prompts"] = spec["samples"].get("prompts", [])
+        merged["mode"] = spec.get("mode", merged.get("mode"))
+        merged["dreambooth"] = {**merged.get("dreambooth", {}), **spec.get("dreambooth", {})}
         note = f'Preset "{preset.title}" applied.'
         return form_fields.values_from_spec(merged), _box(
             "info", [note, preset.description] if preset.description else [note]

@@ -38,6 +38,8 @@ SCHEMA_CHOICES = {
     "training.attention": schema.ATTENTIONS,
     "output.save_precision": schema.SAVE_PRECISIONS,
     "samples.sampler": schema.SAMPLERS,
+    "dreambooth.prior": schema.PRIORS,
+    "dreambooth.class_sampler": schema.SAMPLERS,
 }
 
 
@@ -88,9 +90,18 @@ def _normal(spec: dict) -> dict:
     return spec_to_dict(spec_from_dict(spec))
 
 
+@pytest.fixture()
+def dreambooth_modes(monkeypatch):
+    """The DreamBooth modes made available, as they will be once the trainer runs them: dreambooth.prior
+    "lora-off" is only valid with mode "dreambooth-lora"."""
+    monkeypatch.setattr(schema, "AVAILABLE_MODES", schema.MODES)
+
+
 def _changed(base: dict, tmp_path: Path) -> dict:
-    """A spec with every Advanced field away from its default (mode has only one allowed value)."""
+    """A spec with every Advanced field away from its default (mode's dropdown has only one value, so mode
+    is set here and not checked; it needs the dreambooth_modes fixture)."""
     spec = _normal(base)
+    spec["mode"] = "dreambooth-lora"
     spec["model"].update(
         vae=str(tmp_path / "vae.safetensors"), model_type="sd2", prediction_type="v_prediction", clip_skip=2
     )
@@ -153,6 +164,18 @@ def _changed(base: dict, tmp_path: Path) -> dict:
                 "cfg_scale": 5.5,
             },
         ],
+    )
+    spec["dreambooth"].update(
+        instance_prompt="a photo of {trigger} dog",
+        class_prompt="a photo of a dog",
+        class_negative_prompt="cartoon, blurry",
+        num_class_images=200,
+        class_data=str(tmp_path / "reg"),
+        prior_loss_weight=0.5,
+        prior="lora-off",
+        class_sampler="ddim",
+        class_steps=25,
+        class_cfg_scale=6.5,
     )
     return _normal(spec)
 
@@ -277,7 +300,7 @@ def test_round_trip_of_the_defaults(base):
     assert values_from_spec(partial) == values
 
 
-def test_round_trip_of_a_spec_with_every_field_changed(base, tmp_path):
+def test_round_trip_of_a_spec_with_every_field_changed(base, tmp_path, dreambooth_modes):
     changed = _changed(base, tmp_path)
     defaults = _normal(base)
     for spec in FIELDS:
@@ -341,7 +364,7 @@ def test_values_as_gradio_returns_them(base):
     assert [p for p, _ in err.value.errors] == ["samples.prompts[1].prompt"]
 
 
-def test_base_is_not_modified_and_missing_sections_are_created(base):
+def test_base_is_not_modified_and_missing_sections_are_created(base, dreambooth_modes):
     before = _normal(base)
     values = values_from_spec(_changed(base, Path("/tmp")))
     spec_from_values(base, values)

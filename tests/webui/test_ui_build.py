@@ -156,6 +156,20 @@ def test_presets_do_not_stack(tab):
     assert str(after_user[built.fields["training.resolution"]]) == "64"
 
 
+def test_a_preset_keeps_the_training_type_and_dreambooth_prompts(tab):
+    _, service, built = tab
+    change, inputs, outputs = _handler(built.blocks, built.named["preset"], "change", "on_preset")
+    values = {c: c.value for c in inputs[1:]}
+    values[built.fields["mode"]] = "dreambooth-lora"
+    values[built.fields["dreambooth.class_prompt"]] = "a photo of a dog"
+    values[built.fields["dreambooth.prior_loss_weight"]] = 0.5
+    builtin = next(p for p in service.presets.list() if p.builtin)
+    after = dict(zip(outputs, change(builtin.title, *[values[c] for c in inputs[1:]]), strict=True))
+    assert after[built.fields["mode"]] == "dreambooth-lora"
+    assert after[built.fields["dreambooth.class_prompt"]] == "a photo of a dog"
+    assert float(after[built.fields["dreambooth.prior_loss_weight"]]) == 0.5
+
+
 def test_compare_epochs_through_the_wiring(tab, tmp_path):
     host, service, built = tab
     blocks, named = built.blocks, built.named

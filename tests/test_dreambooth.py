@@ -1,0 +1,182 @@
+"""DreamBooth-LoRA with prior preservation on a tiny SD1 model (CPU): the loss arithmetic on a fixed batch,
+generated class images (made once, reused by the next job), a user's class folder, and the LoRA-off prior."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+
+import torch
+from conftest import base_spec
+
+from lib_trainer.spec import spec_from_dict
+from lib_trainer.train.job import (
+    CLASS_IMAGE_CACHE,
+    add_networks,
+    cache_latents,
+    prepare_data,
+    run_job,
+    setup_models,
+    setup_prior,
+)
+from lib_trainer.train.preflight import preflight
+from lib_trainer.train.runner import TrainContext, _half_loss, compute_loss, instance_captions
+
+
+class _Events:
+    def __init__(self):
+        self.seen: list[tuple[str, dict]] = []
+
+    def emit(self, kind, **fields):
+        self.seen.append((kind, fields))
+
+
+def _spec(tiny_models, tiny_dataset, out: Path, **dreambooth) -> dict:
+    spec = base_spec(
+        tiny_models["sd1"],
+        tiny_dataset,
+        out,
+        name="dog",
+        training={"epochs": 1, "max_steps": 2, "batch_size": 2},
+    )
+    spec["mode"] = "dreambooth-lora"
+    spec["dreambooth"] = {
+        "class_prompt": "a photo of a dog",
+        "num_class_images": 3,
+        "class_steps": 2,
+        "prior_loss_weight": 0.7,
+        **dreambooth,
+    }
+    return spec
+
+
+def _context(spec_dict: dict, job_dir: Path) -> TrainContext:
+    spec = spec_from_dict(spec_dict)
+    ctx = TrainContext(spec=spec, resolved=preflight(spec), job_dir=job_dir, events=_Events())
+    ctx.noise_generator.manual_seed(1)
+    ctx.caption_rng = random.Random(1)
+    prepare_data(ctx)
+    setup_models(ctx)
+    cache_latents(ctx)
+    setup_prior(ctx)
+    add_networks(ctx)
+    return ctx
+
+
+def _events(job_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (job_dir / "events.jsonl").read_text().splitlines()]
+
+
+def test_prior_loss_is_the_class_half_weighted(tmp_path, tiny_models, tiny_dataset):
+    ctx = _context(_spec(tiny_models, tiny_dataset, tmp_path / "out"), tmp_path / "jobs" / "a")
+    entries = ctx.data.batches(0)[0]
+    noise_state, caption_state = ctx.noise_generator.get_state(), ctx.caption_rng.getstate()
+    prior_state = copy.deepcopy((ctx.prior._queue, ctx.prior._round))
+    with torch.no_grad():
+        total = compute_loss(ctx, entries)
+        # the same batch again, half by half, with the same random numbers
+        ctx.noise_generator.set_state(noise_state)
+        ctx.caption_rng.setstate(caption_state)
+        ctx.prior._queue, ctx.prior._round = prior_state
+        instance = _half_loss(ctx, ctx.data, ctx.latents, entries, lambda e: instance_captions(ctx, e))
+        class_entries = ctx.prior.next_batch()
+        class_loss = _half_loss(ctx, ctx.prior.data, ctx.prior.latents, class_entries, ctx.prior.captions)
+    assert ctx.prior.weight == 0.7 and class_loss > 0 and instance > 0
+    assert torch.allclose(total, instance + 0.7 * class_loss, rtol=0, atol=1e-6), (
+        total,
+        instance,
+        class_loss,
+    )
+    assert ctx.prior.captions(class_entries) == ["a photo of a dog"] * len(class_entries)
+
+
+def test_lora_off_prior_is_zero_before_training_and_uses_no_class_images(tmp_path, tiny_models, tiny_dataset):
+    spec = _spec(tiny_models, tiny_dataset, tmp_path / "out", prior="lora-off", num_class_images=0)
+    ctx = _context(spec, tmp_path / "jobs" / "a")
+    entries = ctx.data.batches(0)[0]
+    with torch.no_grad():
+        # LoRA B starts at zero: with the LoRA on or off the model predicts the same, so the prior loss is 0.
+        prior = _half_loss(
+            ctx,
+            ctx.data,
+            ctx.latents,
+            entries,
+            lambda e: ["a photo of a dog"] * len(e),
+            base_model_target=True,
+        )
+        assert prior.item() == 0.0
+        for name, param in ctx.base.unet.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.05)
+        prior = _half_loss(
+            ctx,
+            ctx.data,
+            ctx.latents,
+            entries,
+            lambda e: ["a photo of a dog"] * len(e),
+            base_model_target=True,
+        )
+    assert prior.item() > 0
+    assert not (tmp_path / "jobs" / CLASS_IMAGE_CACHE).exists()
+
+
+def test_generated_class_images_are_made_once_and_reused(tmp_path, tiny_models, tiny_dataset):
+    spec = _spec(tiny_models, tiny_dataset, tmp_path / "out")
+    first, second = tmp_path / "jobs" / "first", tmp_path / "jobs" / "second"
+    assert run_job(spec_from_dict(spec), first) == 0, _events(first)[-1]
+    made = [e for e in _events(first) if e["type"] == "class_images"]
+    assert len(made) == 1 and (made[0]["generated"], made[0]["reused"], made[0]["total"]) == (3, 0, 3)
+    assert (tmp_path / "out" / "dog.safetensors").is_file()
+    spec["dreambooth"]["num_class_images"] = 4
+    spec["name"] = "dog2"
+    assert run_job(spec_from_dict(spec), second) == 0, _events(second)[-1]
+    again = [e for e in _events(second) if e["type"] == "class_images"]
+    assert (again[0]["generated"], again[0]["reused"]) == (1, 3)
+    assert (
+        again[0]["folder"] == made[0]["folder"] and Path(made[0]["folder"]).parent.name == CLASS_IMAGE_CACHE
+    )
+
+
+def test_users_class_folder_and_instance_prompt(tmp_path, tiny_models, tiny_dataset):
+    from lib_trainer.demo import make_dataset
+
+    folder = make_dataset(tmp_path / "dogs", count=3)
+    spec = _spec(
+        tiny_models, tiny_dataset, tmp_path / "out", class_data=str(folder), instance_prompt="sks dog"
+    )
+    job = tmp_path / "jobs" / "a"
+    ctx = _context(spec, job)
+    assert ctx.prior.latents is not None and len(ctx.prior.data.samples) == 3
+    assert instance_captions(ctx, [0, 1]) == ["sks dog", "sks dog"]
+    used = [f for kind, f in ctx.events.seen if kind == "class_images"]
+    assert used and used[0]["source"] == "folder" and used[0]["generated"] == 0
+    assert not (tmp_path / "jobs" / CLASS_IMAGE_CACHE).exists()
+    assert run_job(spec_from_dict(spec), tmp_path / "jobs" / "b") == 0
+
+
+def test_plain_lora_mode_has_no_prior(tmp_path, tiny_models, tiny_dataset):
+    spec = _spec(tiny_models, tiny_dataset, tmp_path / "out")
+    spec["mode"] = "lora"
+    spec["dreambooth"]["instance_prompt"] = "sks dog"
+    ctx = _context(spec, tmp_path / "jobs" / "a")
+    assert ctx.prior is None
+    assert "sks dog" not in instance_captions(ctx, [0])  # the captions, not the DreamBooth instance prompt
+    assert not (tmp_path / "jobs" / CLASS_IMAGE_CACHE).exists()
+
+
+def test_a_missing_class_folder_fails_before_loading_anything(tmp_path, tiny_models, tiny_dataset):
+    from lib_trainer.train.preflight import PreflightError
+
+    spec = spec_from_dict(
+        _spec(tiny_models, tiny_dataset, tmp_path / "out", class_data=str(tmp_path / "nope"))
+    )
+    try:
+        preflight(spec)
+    except PreflightError as exc:
+        assert exc.field == "dreambooth.class_data" and "leave it empty" in str(exc)
+    else:
+        raise AssertionError("no error for a missing class folder")
+    code = run_job(spec, tmp_path / "job")
+    assert code == 2 and _events(tmp_path / "job")[-1]["field"] == "dreambooth.class_data"
