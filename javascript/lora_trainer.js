@@ -1,4 +1,4 @@
-// Live updates for the "Train LoRA" tab: clicks the hidden #lora_trainer_poll button (its handler runs
+// Live updates for the "Train LoRA/DreamBooth" tab: clicks the hidden #lora_trainer_poll button (its handler runs
 // with queue=False and refreshes progress, queue, history, gallery and log) while the tab is on screen.
 // Loaded into every WebUI page: it does nothing where the tab is absent. Only window.loraTrainer is global.
 (function () {

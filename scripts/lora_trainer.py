@@ -1,4 +1,4 @@
-"""Registers the "Train LoRA" tab and the X/Y/Z plot's "LoRA NUM" / "LoRA STRENGTH" axes with the WebUI. Thin on purpose: the logic is in lib_trainer.webui.
+"""Registers the "Train LoRA/DreamBooth" tab and the X/Y/Z plot's "LoRA NUM" / "LoRA STRENGTH" axes with the WebUI. Thin on purpose: the logic is in lib_trainer.webui.
 
 The WebUI runs this file on every start and on "Reload UI". The job service lives in a normally imported
 module (lib_trainer.webui.service), so a reload gets the same service and the same running jobs back.

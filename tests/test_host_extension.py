@@ -1,5 +1,5 @@
 """The extension in a real AUTOMATIC1111 WebUI (v1.10.x): installed the way the Extensions tab installs it,
-used through its "Train LoRA" tab in a real browser, updated and removed, with the host's Python packages
+used through its "Train LoRA/DreamBooth" tab in a real browser, updated and removed, with the host's Python packages
 never changed.
 
 The steps run in order and share one WebUI (module scope); each test is one step and names it when it fails:
@@ -11,7 +11,7 @@ The steps run in order and share one WebUI (module scope); each test is one step
    torch; a second run is a quick no-op; the host's packages are unchanged.
 3. The WebUI starts offline on CPU with that data dir and a full-size random SD1 checkpoint; the extension
    loads without a traceback; a baseline image is generated.
-4. In headless Chromium (Playwright), the "Train LoRA" tab shows the loaded checkpoint (screenshot).
+4. In headless Chromium (Playwright), the "Train LoRA/DreamBooth" tab shows the loaded checkpoint (screenshot).
 5. A 4-step, 2-epoch LoRA is trained from the tab: dataset folder, name, trigger word, a user preset,
    "Compare epochs when done", Start; the progress panel reaches "done" (screenshot). The epoch x strength
    grid made by itself after the job is shown under "Compare epochs"; a second grid with edited strengths
@@ -521,12 +521,12 @@ def test_4_tab_shows_the_loaded_checkpoint(lab: Lab) -> None:
     started = time.monotonic()
     page = _open_browser(lab)
     page.goto(lab.host.url, wait_until="domcontentloaded", timeout=UI_TIMEOUT_MS)
-    tab = page.locator("#tabs > .tab-nav button", has_text=re.compile(r"^\s*Train LoRA\s*$"))
+    tab = page.locator("#tabs > .tab-nav button", has_text=re.compile(r"^\s*Train LoRA/DreamBooth\s*$"))
     try:
         tab.first.wait_for(state="visible", timeout=UI_TIMEOUT_MS)
     except Exception:  # noqa: BLE001 - report what the page has instead
         names = page.locator("#tabs > .tab-nav button").all_inner_texts()
-        _fail(lab, "step 4", f'no top-level tab "Train LoRA"; the tabs are {names}')
+        _fail(lab, "step 4", f'no top-level tab "Train LoRA/DreamBooth"; the tabs are {names}')
     # The tab's browser script polls the server as soon as the tab is on screen; that poll also refreshes
     # the model panel, which was rendered when the UI was built (before the host finished loading the model).
     try:

@@ -860,3 +860,13 @@ def test_real_trainer_through_the_manager(tmp_path, tiny_models, tiny_dataset):
     assert progress["step"] == progress["total_steps"] > 0
     assert any("done after" in line for line in progress["log_tail"])
     assert [r.id for r in calls] == [job]
+
+
+def test_class_image_events_show_as_the_progress_message():
+    from lib_trainer.jobs.store import EventSummary
+
+    summary = EventSummary()
+    summary.add({"seq": 1, "type": "info", "message": "class images 2/6"})
+    assert summary.message == "class images 2/6"
+    summary.add({"seq": 2, "type": "class_images", "generated": 6, "reused": 4, "total": 10, "folder": "f"})
+    assert summary.message == "class images ready: 6 made, 4 reused"

@@ -145,6 +145,10 @@ class EventSummary:
                 self.progress["total_epochs"] = event.get("total_epochs")
             if event.get("output_name"):
                 self.output_name = event["output_name"]
+        elif kind == "class_images":
+            self.message = (
+                f"class images ready: {event.get('generated', 0)} made, {event.get('reused', 0)} reused"
+            )
         elif kind == "warning":
             self.warnings.append(event.get("message"))
         elif kind == "sample" and event.get("path"):

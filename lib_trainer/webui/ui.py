@@ -1,4 +1,4 @@
-"""The "Train LoRA" tab, built with the WebUI's own gradio (3.41 on A1111 and reForge, 4.40 on Forge).
+"""The "Train LoRA/DreamBooth" tab, built with the WebUI's own gradio (3.41 on A1111 and reForge, 4.40 on Forge).
 
 Only wiring lives here: what each button does is in `tab_controller.py`. Rules that keep it running on both
 gradio versions: gr.update() for updates, `_js=` on listeners (Forge translates it), no gr.Box or .style(),
@@ -17,7 +17,7 @@ from . import form_fields
 from .handoff import AUTO, EXCLUSIVE, SHARED
 from .tab_controller import CURRENT_LABEL, CompareFields, TabController, TabValues
 
-TAB_TITLE = "Train LoRA"
+TAB_TITLE = "Train LoRA/DreamBooth"
 TAB_ID = "lora_trainer"
 
 # gradio 3.41 dropdowns take plain strings only (no (label, value) pairs): map the labels back ourselves.

@@ -57,7 +57,7 @@ def _handler(blocks, trigger, event: str, fn_name: str):
 
 def test_tab_has_every_field_with_its_id_and_tooltip(tab):
     _, _, built = tab
-    assert (TAB_TITLE, TAB_ID) == ("Train LoRA", "lora_trainer")
+    assert (TAB_TITLE, TAB_ID) == ("Train LoRA/DreamBooth", "lora_trainer")
     ids = {getattr(b, "elem_id", None) for b in built.blocks.blocks.values()}
     for elem_id in (
         "lora_trainer_dataset",
