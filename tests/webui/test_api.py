@@ -348,3 +348,15 @@ def test_openapi_documents_the_routes(world):
         assert f"{P}{path}" in paths, path
     assert "application/zip" in paths[f"{P}/datasets"]["post"]["requestBody"]["content"]
     assert "JobView" in str(schema["components"]["schemas"])
+
+
+def test_dreambooth_lora_jobs_through_the_api(world):
+    spec = world.spec(mode="dreambooth-lora")
+    missing = world.client.post(f"{P}/check", json=spec)
+    assert missing.status_code == 422 and missing.json()["fields"][0]["field"] == "dreambooth.class_prompt"
+    spec["spec"]["dreambooth"] = {"class_prompt": "a photo of a dog", "prior": "lora-off"}
+    report = world.client.post(f"{P}/check", json=spec).json()
+    assert report["ok"] and report["spec"]["mode"] == "dreambooth-lora"
+    assert report["spec"]["dreambooth"]["prior"] == "lora-off"
+    full = world.client.post(f"{P}/jobs", json=world.spec(mode="dreambooth"))
+    assert full.status_code == 422 and "not available yet" in full.json()["fields"][0]["message"]
