@@ -58,11 +58,22 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
             raise ModelFormatError(f"internal error: buffer {name} of the {what} was not initialised")
 
 
-def build_unet(state: dict[str, torch.Tensor], config: dict) -> torch.nn.Module:
-    from diffusers import UNet2DConditionModel
+def convert_unet_state(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    converted = convert_ldm_unet_checkpoint(state, config)
+    return convert_ldm_unet_checkpoint(state, config)
+
+
+def convert_vae_state(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    return convert_ldm_vae_checkpoint(state, config)
+
+
+def build_unet(state: dict[str, torch.Tensor], config: dict) -> torch.nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    converted = convert_unet_state(state, config)
     with _empty_init():
         unet = UNet2DConditionModel.from_config(config)
     _load_strict(unet, converted, "UNet")
@@ -71,42 +82,50 @@ def build_unet(state: dict[str, torch.Tensor], config: dict) -> torch.nn.Module:
 
 def build_vae(state: dict[str, torch.Tensor], config: dict) -> torch.nn.Module:
     from diffusers import AutoencoderKL
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    converted = convert_ldm_vae_checkpoint(state, config)
+    converted = convert_vae_state(state, config)
     with _empty_init():
         vae = AutoencoderKL.from_config(config)
     _load_strict(vae, converted, "VAE")
     return vae
 
 
-def build_text_encoder(state: dict[str, torch.Tensor], info: TextEncoderInfo) -> torch.nn.Module:
-    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
+def _text_encoder_model(info: TextEncoderInfo) -> torch.nn.Module:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    config = CLIPTextConfig(**info.config)
     cls = CLIPTextModelWithProjection if info.with_projection else CLIPTextModel
+    with _empty_init():
+        return cls(CLIPTextConfig(**info.config))
+
+
+def convert_text_encoder_state(
+    state: dict[str, torch.Tensor], info: TextEncoderInfo, model: torch.nn.Module | None = None
+) -> dict[str, torch.Tensor]:
+    """The encoder's tensors in transformers' layout (names as `model.state_dict()` has them)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
+
+    model = model if model is not None else _text_encoder_model(info)
+    own = {k: v for k, v in state.items() if k.startswith(info.prefix)}
     if info.openclip:
-        own = {k: v for k, v in state.items() if k.startswith(info.prefix)}
         if info.dropped_last_layer:
             last = f"{info.prefix}transformer.resblocks.{info.config['num_hidden_layers']}."
             own = {k: v for k, v in own.items() if not k.startswith(last)}
             own.pop(info.prefix + "text_projection", None)
-        with _empty_init():
-            model = cls(config)
         converted = convert_open_clip_checkpoint(model, own, prefix=info.prefix)
     else:
-        own = {k: v for k, v in state.items() if k.startswith(info.prefix)}
         converted = convert_ldm_clip_checkpoint(own)
         if not any(k.startswith("text_model.") for k in converted):  # old files omit the text_model. level
             converted = {f"text_model.{k}": v for k, v in converted.items()}
-        with _empty_init():
-            model = cls(config)
-    converted = _match_text_model_prefix(converted, model)
+    return _match_text_model_prefix(converted, model)
+
+
+def build_text_encoder(state: dict[str, torch.Tensor], info: TextEncoderInfo) -> torch.nn.Module:
+    model = _text_encoder_model(info)
+    converted = convert_text_encoder_state(state, info, model)
     _load_strict(model, converted, "text encoder", _IGNORABLE_TE_KEYS)
     embeddings = getattr(model, "text_model", model).embeddings
     if hasattr(embeddings, "position_ids"):
-        positions = torch.arange(config.max_position_embeddings).unsqueeze(0)
+        positions = torch.arange(info.config["max_position_embeddings"]).unsqueeze(0)
         embeddings.register_buffer("position_ids", positions, persistent=False)
     return model
 
