@@ -153,6 +153,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.workdir), arch=args.arch)
 
 
+def cmd_extract_lora(args: argparse.Namespace) -> int:
+    from .export.extract_lora import extract_lora_file
+    from .models.arch import ModelFormatError
+
+    try:
+        path, layers = extract_lora_file(
+            Path(args.base),
+            Path(args.tuned),
+            Path(args.out),
+            rank=args.rank,
+            text_encoders=not args.unet_only,
+            precision=args.precision,
+        )
+    except (ValueError, OSError, ModelFormatError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    kept = min(layer.kept for layer in layers)
+    print(
+        f"{path}: {len(layers)} layers at rank {args.rank} (the worst layer keeps {kept:.1%} of its change)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lib_trainer", description="LoRA trainer for Stable Diffusion"
@@ -190,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("file")
     insp.add_argument("--json", action="store_true", help="print JSON instead of text")
     insp.set_defaults(func=cmd_inspect)
+
+    ext = sub.add_parser("extract-lora", help="make a LoRA from a fine-tuned checkpoint and its base")
+    ext.add_argument("base", help="the base checkpoint (.safetensors)")
+    ext.add_argument("tuned", help="the fine-tuned checkpoint (.safetensors)")
+    ext.add_argument("out", help="the LoRA file to write (.safetensors; an existing file is never replaced)")
+    ext.add_argument("--rank", type=int, default=32, help="LoRA rank (higher keeps more of the change)")
+    ext.add_argument("--unet-only", action="store_true", help="leave the text encoders out")
+    ext.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default="fp16")
+    ext.set_defaults(func=cmd_extract_lora)
 
     demo = sub.add_parser("demo", help="train a tiny LoRA on a generated dataset (no download, CPU is fine)")
     demo.add_argument("--workdir", default="demo", help="where the tiny model, dataset and outputs go")

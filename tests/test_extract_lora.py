@@ -107,3 +107,34 @@ def test_low_rank_keeps_a_low_rank_change_and_skips_unchanged_layers(tiny_models
     assert tensors[f"{name}.alpha"].item() == 2.0 and tensors[f"{name}.lora_down.weight"].shape[0] == 2
     with pytest.raises(ValueError, match="at least 1"):
         extract_lora(base.unet, tuned.unet, [], [], family="sd1", unet_config=base.arch.unet_config, rank=0)
+
+
+def test_extract_lora_command_from_two_checkpoints(tmp_path, tiny_models, capsys):
+    """A fine-tune written back to the single-file layout (as the DreamBooth mode will), then extracted."""
+    from safetensors.torch import save_file
+
+    from lib_trainer.cli import main
+    from lib_trainer.export.extract_lora import _targets
+    from lib_trainer.export.lora_file import summarize_lora
+    from lib_trainer.models.checkpoint_io import load_state_dict
+    from lib_trainer.models.ldm_reverse import model_to_ldm
+    from lib_trainer.train.lora import UNET_TARGETS
+
+    state, _ = load_state_dict(tiny_models["sd1"])
+    tuned = load_base_model(tiny_models["sd1"])
+    _tune(tuned.unet, _targets(tuned.unet, UNET_TARGETS), rank=4)
+    tuned_path = tmp_path / "tuned.safetensors"
+    save_file({k: v.contiguous() for k, v in model_to_ldm(tuned, state).items()}, str(tuned_path))
+    out = tmp_path / "extracted.safetensors"
+    assert main(["extract-lora", str(tiny_models["sd1"]), str(tuned_path), str(out), "--rank", "4"]) == 0
+    assert "layers at rank 4" in capsys.readouterr().out
+    summary = summarize_lora(out)
+    assert summary["rank"] == 4 and summary["alpha"] == 4.0, summary
+    assert main(["extract-lora", str(tiny_models["sd1"]), str(tuned_path), str(out)]) == 2  # never overwrites
+    assert "already exists" in capsys.readouterr().err
+    same = tmp_path / "same.safetensors"
+    assert main(["extract-lora", str(tiny_models["sd1"]), str(tiny_models["sd1"]), str(same)]) == 2
+    assert "same weights" in capsys.readouterr().err and not same.exists()
+    other = tmp_path / "other.safetensors"
+    assert main(["extract-lora", str(tiny_models["sd1"]), str(tiny_models["sdxl"]), str(other)]) == 2
+    assert "not the same kind of model" in capsys.readouterr().err

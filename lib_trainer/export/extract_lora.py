@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -103,3 +104,52 @@ def kohya_tensors(layers: list[ExtractedLayer]) -> dict[str, torch.Tensor]:
         tensors[f"{layer.name}.lora_down.weight"] = layer.down
         tensors[f"{layer.name}.alpha"] = torch.tensor(float(layer.rank))
     return tensors
+
+
+def extract_lora_file(
+    base_path: Path,
+    tuned_path: Path,
+    out: Path,
+    *,
+    rank: int,
+    text_encoders: bool = True,
+    precision: str = "fp16",
+) -> tuple[Path, list[ExtractedLayer]]:
+    """Extract from two single-file checkpoints of the same architecture and save a kohya LoRA (never
+    overwriting a file). The metadata says what it was extracted from, so the WebUI sorts it to the right base."""
+    from ..models.arch import ModelFormatError
+    from ..models.loader import load_base_model
+    from .lora_file import save_lora
+    from .metadata import base_model_version, modelspec_architecture
+
+    base, tuned = load_base_model(base_path), load_base_model(tuned_path)
+    if (base.arch.family, base.arch.unet_config) != (tuned.arch.family, tuned.arch.unet_config):
+        raise ModelFormatError(
+            f"{Path(tuned_path).name} is not the same kind of model as {Path(base_path).name}; "
+            "extract from a fine-tune of that base"
+        )
+    layers = extract_lora(
+        base.unet,
+        tuned.unet,
+        base.text_encoders if text_encoders else [],
+        tuned.text_encoders if text_encoders else [],
+        family=base.arch.family,
+        unet_config=base.arch.unet_config,
+        rank=rank,
+    )
+    if not layers:
+        raise ValueError(f"{Path(tuned_path).name} has the same weights as the base in every LoRA layer")
+    v_prediction = base.arch.prediction_type == "v_prediction"
+    metadata = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(rank),
+        "ss_base_model_version": base_model_version(base.arch.family, v_prediction),
+        "ss_v2": str(base.arch.family == "sd2"),
+        "ss_sd_model_name": Path(base_path).name,
+        "ss_training_comment": f"extracted from {Path(tuned_path).name} (difference to {Path(base_path).name})",
+        "modelspec.architecture": modelspec_architecture(base.arch.family, v_prediction),
+        "modelspec.title": Path(out).stem,
+    }
+    path = save_lora(out, kohya_tensors(layers), metadata, precision)
+    return path, layers
