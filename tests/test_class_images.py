@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from lib_trainer.data.errors import DatasetError
 from lib_trainer.models.loader import load_base_model
 from lib_trainer.train import class_images as ci
 from lib_trainer.train.class_images import (
@@ -20,7 +19,6 @@ from lib_trainer.train.class_images import (
     cache_key,
     ensure_class_images,
     model_fingerprint,
-    user_class_images,
 )
 from lib_trainer.train.noise import make_noise_scheduler
 
@@ -205,31 +203,3 @@ def test_model_fingerprint_changes_with_the_files(tmp_path):
 def _png(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (64, 64), (120, 80, 40)).save(path)
-
-
-def test_user_class_images_apply_repeats_and_captions(tmp_path):
-    folder = tmp_path / "reg"
-    _png(folder / "2_dog" / "a.png")
-    (folder / "2_dog" / "a.txt").write_text("a dog on grass", encoding="utf-8")
-    _png(folder / "2_dog" / "b.png")
-    _png(folder / "1_puppy" / "c.png")
-
-    pairs = user_class_images(folder, "a photo of a dog")
-    a, b, c = folder / "2_dog" / "a.png", folder / "2_dog" / "b.png", folder / "1_puppy" / "c.png"
-    assert pairs == [
-        (c, "a photo of a dog"),
-        (a, "a dog on grass"),
-        (a, "a dog on grass"),
-        (b, "a photo of a dog"),
-        (b, "a photo of a dog"),
-    ]
-    assert user_class_images(folder, "a photo of a dog") == pairs  # stable order
-
-
-def test_user_class_images_missing_or_empty_folder(tmp_path):
-    with pytest.raises(DatasetError, match="class image folder .*nope.* was not found"):
-        user_class_images(tmp_path / "nope", "a dog")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DatasetError, match="no training images found") as info:
-        user_class_images(tmp_path / "empty", "a dog")
-    assert str(tmp_path / "empty") in str(info.value) and "generated" in str(info.value)

@@ -37,11 +37,11 @@ from .runner import (
     StopRequested,
     StopSignals,
     TrainContext,
-    _stop_requested,
     precision_dtypes,
     restore,
     save_resume_state,
     steps_plan,
+    stop_requested,
     train_loop,
     write_job_file,
 )
@@ -166,8 +166,6 @@ def setup_prior(ctx: TrainContext) -> None:
             clip_skip=spec.model.clip_skip,
             seed=spec.training.seed,
         )
-        for m in (ctx.base.unet, *ctx.base.text_encoders):
-            m.eval()
         try:
             made = ensure_class_images(
                 ctx.base,
@@ -180,7 +178,7 @@ def setup_prior(ctx: TrainContext) -> None:
                 device=ctx.device,
                 autocast_dtype=ctx.autocast_dtype,
                 events=ctx.events,
-                should_stop=lambda: _stop_requested(ctx),
+                should_stop=lambda: stop_requested(ctx),
             )
         except ClassImagesStopped:
             raise StopRequested from None

@@ -110,7 +110,7 @@ class StopSignals:
         return False
 
 
-def _stop_requested(ctx: TrainContext) -> bool:
+def stop_requested(ctx: TrainContext) -> bool:
     if ctx.stop_reason is None and ctx.stop_file.exists():
         ctx.stop_reason = "stop file"
     if (
@@ -303,7 +303,7 @@ def train_loop(ctx: TrainContext) -> None:
             reporter.step(epoch_losses[-1])
             if ctx.progress.global_step >= ctx.total_steps:
                 break
-            if _stop_requested(ctx):
+            if stop_requested(ctx):
                 raise StopRequested
         ctx.progress.epoch += 1
         if (
@@ -319,7 +319,7 @@ def train_loop(ctx: TrainContext) -> None:
         ctx.progress.batch_in_epoch = 0
         finished = ctx.progress.global_step >= ctx.total_steps
         outputs.end_of_epoch(ctx, finished)
-        if not finished and _stop_requested(ctx):
+        if not finished and stop_requested(ctx):
             raise StopRequested
 
 
