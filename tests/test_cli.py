@@ -227,7 +227,10 @@ def test_dreambooth_flags_are_checked_before_training(tmp_path, capsys):
     assert code == 2
     assert "dreambooth.class_prompt: is empty" in capsys.readouterr().err
     assert main(["train", "--name", "x", "--model", "m", "--data", "d", "--mode", "dreambooth", *job]) == 2
-    assert 'mode "dreambooth" (full fine-tune) is not available yet' in capsys.readouterr().err
+    assert 'dreambooth.class_prompt: is empty, but mode "dreambooth"' in capsys.readouterr().err
+    full = ["--mode", "dreambooth", "--class-prompt", "a dog", "--extract-lora-rank", "8"]
+    assert main(["train", "--name", "x", "--model", "m", "--data", "d", *full, *job]) == 2
+    assert "finetune.lora_dir: is empty, but finetune.extract_lora_rank is 8" in capsys.readouterr().err
     assert not (tmp_path / "job2").exists()
 
 

@@ -17,6 +17,7 @@ import pytest
 from lib_trainer.spec import (
     CLI_FLAGS,
     DreamBoothSpec,
+    FineTuneSpec,
     JobSpec,
     SamplePrompt,
     SpecError,
@@ -453,11 +454,11 @@ def test_spec_version_defaults_to_1():
     assert spec_from_dict(minimal()).spec_version == 1
 
 
-@pytest.mark.parametrize("mode", ["dreambooth", "DreamBooth"])
-def test_the_full_fine_tune_is_not_available_yet(mode):
-    path, message = one_error(with_field("mode", mode))
-    assert path == "mode"
-    assert message.startswith('mode "dreambooth" (full fine-tune) is not available yet'), message
+@pytest.mark.parametrize("mode", ["dreambooth", "DreamBooth", "dreambooth-lora"])
+def test_every_mode_is_available(mode):
+    data = with_field("mode", mode)
+    data["dreambooth"] = {"class_prompt": "a photo of a dog"}
+    assert spec_from_dict(data).mode == mode.lower()
 
 
 def test_unknown_mode():
@@ -539,9 +540,9 @@ def test_prepend_trigger_needs_a_trigger_word():
 
 
 @pytest.fixture()
-def dreambooth_modes(monkeypatch):
-    """The DreamBooth modes made available, as they will be once the trainer runs them."""
-    monkeypatch.setattr(schema, "AVAILABLE_MODES", schema.MODES)
+def dreambooth_modes():
+    """Kept as a marker of the tests that use the DreamBooth modes (all modes are available now)."""
+    assert schema.AVAILABLE_MODES == schema.MODES
 
 
 def test_dreambooth_defaults():
@@ -563,7 +564,7 @@ def test_dreambooth_defaults():
         "class_steps": 30,
         "class_cfg_scale": 7.0,
     }
-    assert [f.name for f in dataclasses.fields(JobSpec)][-2:] == ["samples", "dreambooth"]
+    assert [f.name for f in dataclasses.fields(JobSpec)][-3:] == ["samples", "dreambooth", "finetune"]
 
 
 def test_dreambooth_round_trip():
@@ -723,11 +724,15 @@ def test_lora_mode_does_not_need_a_class_prompt():
 
 
 def test_no_dreambooth_cross_check_when_the_mode_itself_is_wrong():
-    """The full fine-tune is not available yet: it fails on `mode` alone, no second message."""
-    path, _ = one_error(with_field("mode", "dreambooth"))
+    path, _ = one_error(with_field("mode", "dreambooth-full"))
     assert path == "mode"
     assert schema._job_checks({"dreambooth": DreamBoothSpec(prior="lora-off")}) == []
     assert schema._job_checks({"mode": "dreambooth", "dreambooth": None}) == []
+
+
+@pytest.mark.parametrize("mode", ["dreambooth-lora", "dreambooth"])
+def test_no_class_prompt_needed_without_prior_preservation(mode):
+    assert _dreambooth_problems(mode, prior_loss_weight=0) == []
 
 
 @pytest.mark.parametrize("mode", ["dreambooth-lora", "dreambooth"])
@@ -1144,3 +1149,55 @@ def test_readme_mentions_every_field():
     for dotted in _dataclass_fields():
         name = dotted.split("[].")[-1]
         assert f"`{dotted if '[]' not in dotted else name}`" in readme, dotted
+
+
+# ---------------------------------------------------------------- the finetune section (mode "dreambooth")
+
+
+def test_finetune_defaults_and_round_trip():
+    spec = spec_from_dict(minimal())
+    assert spec.finetune == FineTuneSpec()
+    assert default_spec_dict()["finetune"] == {
+        "ema": False,
+        "ema_decay": 0.9999,
+        "extract_lora_rank": 0,
+        "lora_dir": "",
+    }
+    data = minimal(
+        mode="dreambooth",
+        dreambooth={"class_prompt": "a dog"},
+        finetune={"ema": True, "ema_decay": 0.999, "extract_lora_rank": 32, "lora_dir": "models/Lora"},
+    )
+    spec = spec_from_dict(data)
+    assert spec.finetune == FineTuneSpec(True, 0.999, 32, "models/Lora")
+    assert spec_from_dict(json.loads(json.dumps(spec_to_dict(spec)))) == spec
+
+
+@pytest.mark.parametrize(
+    "dotted, value, expected",
+    [
+        ("finetune.ema", "yes", "true or false"),
+        ("finetune.ema_decay", 1, "below 1"),
+        ("finetune.ema_decay", 0, "greater than 0"),
+        ("finetune.extract_lora_rank", -1, "from 0 to 1024"),
+        ("finetune.extract_lora_rank", 1025, "from 0 to 1024"),
+        ("finetune.lora_dir", 5, "expected a path in quotes"),
+    ],
+)
+def test_finetune_field_checks(dotted, value, expected):
+    path, message = one_error(with_field(dotted, value))
+    assert path == dotted
+    assert expected in message
+
+
+def test_extracting_a_lora_needs_a_lora_folder():
+    data = minimal(
+        mode="dreambooth", dreambooth={"class_prompt": "a dog"}, finetune={"extract_lora_rank": 16}
+    )
+    path, message = one_error(data)
+    assert path == "finetune.lora_dir" and "extract_lora_rank is 16" in message and "models/Lora" in message
+    data["finetune"]["lora_dir"] = "models/Lora"
+    assert spec_from_dict(data).finetune.extract_lora_rank == 16
+    # other modes do not read the section
+    data = minimal(finetune={"extract_lora_rank": 16})
+    assert spec_from_dict(data).finetune.lora_dir == ""

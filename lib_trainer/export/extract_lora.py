@@ -88,11 +88,11 @@ def extract_lora(
         ]
     out = []
     for path, before, after, name in jobs:
-        delta = after.float() - before.float()
+        delta = after.float() - before.to(after.device).float()  # on the tuned model's device (GPU: fast SVD)
         if float(delta.abs().max()) < MIN_DIFF:
             continue
         up, down, r, kept = _factor(delta, rank)
-        out.append(ExtractedLayer(name, path, up, down, r, kept))
+        out.append(ExtractedLayer(name, path, up.cpu(), down.cpu(), r, kept))
     return out
 
 
@@ -104,6 +104,24 @@ def kohya_tensors(layers: list[ExtractedLayer]) -> dict[str, torch.Tensor]:
         tensors[f"{layer.name}.lora_down.weight"] = layer.down
         tensors[f"{layer.name}.alpha"] = torch.tensor(float(layer.rank))
     return tensors
+
+
+def extracted_metadata(arch, base_name: str, tuned_name: str, rank: int, title: str) -> dict[str, str]:
+    """What an extracted LoRA says about itself: the base it belongs to (the WebUI sorts LoRAs by it)."""
+    from .metadata import base_model_version, modelspec_architecture
+
+    v_prediction = arch.prediction_type == "v_prediction"
+    return {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(rank),
+        "ss_base_model_version": base_model_version(arch.family, v_prediction),
+        "ss_v2": str(arch.family == "sd2"),
+        "ss_sd_model_name": base_name,
+        "ss_training_comment": f"extracted from {tuned_name} (difference to {base_name})",
+        "modelspec.architecture": modelspec_architecture(arch.family, v_prediction),
+        "modelspec.title": title,
+    }
 
 
 def extract_lora_file(
@@ -120,7 +138,6 @@ def extract_lora_file(
     from ..models.arch import ModelFormatError
     from ..models.loader import load_base_model
     from .lora_file import save_lora
-    from .metadata import base_model_version, modelspec_architecture
 
     base, tuned = load_base_model(base_path), load_base_model(tuned_path)
     if (base.arch.family, base.arch.unet_config) != (tuned.arch.family, tuned.arch.unet_config):
@@ -139,17 +156,8 @@ def extract_lora_file(
     )
     if not layers:
         raise ValueError(f"{Path(tuned_path).name} has the same weights as the base in every LoRA layer")
-    v_prediction = base.arch.prediction_type == "v_prediction"
-    metadata = {
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": str(rank),
-        "ss_network_alpha": str(rank),
-        "ss_base_model_version": base_model_version(base.arch.family, v_prediction),
-        "ss_v2": str(base.arch.family == "sd2"),
-        "ss_sd_model_name": Path(base_path).name,
-        "ss_training_comment": f"extracted from {Path(tuned_path).name} (difference to {Path(base_path).name})",
-        "modelspec.architecture": modelspec_architecture(base.arch.family, v_prediction),
-        "modelspec.title": Path(out).stem,
-    }
+    metadata = extracted_metadata(
+        base.arch, Path(base_path).name, Path(tuned_path).name, rank, Path(out).stem
+    )
     path = save_lora(out, kohya_tensors(layers), metadata, precision)
     return path, layers

@@ -153,7 +153,7 @@ class EventSummary:
             self.warnings.append(event.get("message"))
         elif kind == "sample" and event.get("path"):
             self.samples.append(event["path"])
-        elif kind == "checkpoint" and event.get("path"):
+        elif kind in ("checkpoint", "lora_extracted") and event.get("path"):
             self._add_files([event["path"]])
         elif kind in TERMINAL_EVENTS:
             self.terminal = event

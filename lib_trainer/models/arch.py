@@ -73,7 +73,9 @@ def detect_family(shapes: Shapes) -> str:
     """SD1, SD2 or SDXL from the text-encoder keys; refuse what LoRA training here cannot handle."""
     if f"{UNET_PREFIX}input_blocks.0.0.weight" not in shapes:
         if any(k.startswith("encoder.") or k.startswith("decoder.") for k in shapes):
-            raise ModelFormatError("this file is a VAE, not a Stable Diffusion checkpoint; pass it as the VAE")
+            raise ModelFormatError(
+                "this file is a VAE, not a Stable Diffusion checkpoint; pass it as the VAE"
+            )
         if any(k.startswith("lora_") for k in shapes):
             raise ModelFormatError("this file is a LoRA, not a Stable Diffusion checkpoint")
         raise ModelFormatError(
@@ -94,7 +96,9 @@ def detect_family(shapes: Shapes) -> str:
         return "sd2"
     if any(k.startswith(SD1_TE_PREFIX) for k in shapes):
         return "sd1"
-    raise ModelFormatError("this checkpoint has no text encoder that the trainer recognises (SD1, SD2 or SDXL)")
+    raise ModelFormatError(
+        "this checkpoint has no text encoder that the trainer recognises (SD1, SD2 or SDXL)"
+    )
 
 
 def _indices(shapes: Shapes, pattern: str) -> set[int]:

@@ -41,7 +41,9 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dic
                 raise ValueError("header too large")
             header = json.loads(f.read(length))
     except (OSError, ValueError, struct.error) as exc:
-        raise ModelFormatError(f"{path.name} is not a valid .safetensors file ({exc}); is the download complete?")
+        raise ModelFormatError(
+            f"{path.name} is not a valid .safetensors file ({exc}); is the download complete?"
+        ) from exc
     metadata = header.pop("__metadata__", {}) or {}
     shapes = {k: tuple(v["shape"]) for k, v in header.items()}
     return shapes, metadata

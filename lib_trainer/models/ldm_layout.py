@@ -119,7 +119,13 @@ def _vae_path_to_ldm(path: str, num_levels: int) -> str:
 
     path = re.sub(r"decoder\.up_blocks\.(\d+)\.(resnets|upsamplers\.0)\.", up, path)
     path = path.replace("conv_shortcut", "nin_shortcut")
-    for src, dst in (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")):
+    for src, dst in (
+        ("group_norm", "norm"),
+        ("to_q", "q"),
+        ("to_k", "k"),
+        ("to_v", "v"),
+        ("to_out.0", "proj_out"),
+    ):
         path = path.replace(f"attn_1.{src}.", f"attn_1.{dst}.")
     return path
 
@@ -138,14 +144,18 @@ def vae_state_dict_to_ldm(state_dict: dict[str, torch.Tensor], num_levels: int) 
 def with_text_model_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """transformers 5's CLIPTextModel drops the `text_model.` level that files (and v4) use; put it back."""
     return {
-        k if k.startswith("text_model.") or k in ("text_projection.weight", "logit_scale") else "text_model." + k: v
+        k
+        if k.startswith("text_model.") or k in ("text_projection.weight", "logit_scale")
+        else "text_model." + k: v
         for k, v in state_dict.items()
     }
 
 
 def clip_state_dict_to_ldm(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """OpenAI CLIP is stored with its transformers (v4) names under a prefix."""
-    return {prefix + k: v for k, v in with_text_model_prefix(state_dict).items() if not k.endswith("position_ids")}
+    return {
+        prefix + k: v for k, v in with_text_model_prefix(state_dict).items() if not k.endswith("position_ids")
+    }
 
 
 _OPENCLIP_LAYER = {
@@ -186,5 +196,7 @@ def openclip_state_dict_to_ldm(state_dict: dict[str, torch.Tensor], prefix: str)
             out[f"{prefix}transformer.resblocks.{layer}.{_OPENCLIP_LAYER[module]}.{kind}"] = value
     for (layer, kind), parts in fused.items():
         name = "in_proj_weight" if kind == "weight" else "in_proj_bias"
-        out[f"{prefix}transformer.resblocks.{layer}.attn.{name}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+        out[f"{prefix}transformer.resblocks.{layer}.attn.{name}"] = torch.cat(
+            [parts["q"], parts["k"], parts["v"]]
+        )
     return out

@@ -117,7 +117,8 @@ def model_to_ldm(
     for prefix, convert, module in parts:
         own = {k: s for k, s in shapes.items() if k.startswith(prefix)}
         mapping = reverse_map(own, convert)
-        weights = {k: v.detach() for k, v in module.state_dict().items()}
+        weights = {k: v.detach().to("cpu") for k, v in module.state_dict().items()}  # no GPU copy
         for key, tensor in to_ldm(weights, mapping, own).items():
-            out[key] = tensor.to(base_state[key].dtype)
+            # trained weights keep their (fp32 master) precision; the caller casts to the save precision
+            out[key] = tensor if tensor.is_floating_point() else tensor.to(base_state[key].dtype)
     return out

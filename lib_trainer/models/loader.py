@@ -130,7 +130,9 @@ def build_text_encoder(state: dict[str, torch.Tensor], info: TextEncoderInfo) ->
     return model
 
 
-def _match_text_model_prefix(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _match_text_model_prefix(
+    state: dict[str, torch.Tensor], model: torch.nn.Module
+) -> dict[str, torch.Tensor]:
     """Files always say `text_model.`; transformers 5's CLIPTextModel has no such level, WithProjection does."""
     if any(k.startswith("text_model.") for k in model.state_dict()):
         return state
@@ -191,4 +193,6 @@ def load_base_model(
     encoders = [build_text_encoder(state, info) for info in arch.text_encoders]
     tokenizers = [load_clip_tokenizer(pad_with_exclamation=info.openclip) for info in arch.text_encoders]
     del state
-    return BaseModel(arch, unet, vae_model, encoders, tokenizers, checkpoint, Path(vae) if vae else None, metadata)
+    return BaseModel(
+        arch, unet, vae_model, encoders, tokenizers, checkpoint, Path(vae) if vae else None, metadata
+    )

@@ -353,7 +353,8 @@ CLI_FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "--mode",
         "mode",
         str,
-        "what to train: lora (dreambooth-lora and dreambooth are not available yet)",
+        "what to train: lora, dreambooth-lora (a LoRA with prior preservation) or dreambooth (a full "
+        "fine-tune saved as a checkpoint in output.dir)",
     ),
     _flag("--model", "model.checkpoint", str, "base model to train on: a .safetensors or .ckpt file"),
     _flag("--vae", "model.vae", str, "separate VAE file; 'none' uses the VAE inside the model"),
@@ -523,4 +524,18 @@ CLI_FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "DreamBooth: what keeps the class in place: class-images, or lora-off (the base model's "
         "own result with the LoRA switched off; no class images needed; dreambooth-lora only)",
     ),
+    _flag(
+        "--ema",
+        "finetune.ema",
+        bool,
+        "full fine-tune: save a moving average of the weights (smoother; needs memory for one more UNet)",
+    ),
+    _flag("--ema-decay", "finetune.ema_decay", float, "full fine-tune: how slowly the average moves"),
+    _flag(
+        "--extract-lora-rank",
+        "finetune.extract_lora_rank",
+        int,
+        "full fine-tune: also save a LoRA of the change, cut to this rank, in --lora-dir; 0 means no LoRA",
+    ),
+    _flag("--lora-dir", "finetune.lora_dir", str, "full fine-tune: the folder for the extracted LoRA"),
 ]

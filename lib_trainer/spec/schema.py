@@ -241,16 +241,12 @@ def check_spec_version(value: Any) -> int:
 
 
 MODES = ("lora", "dreambooth-lora", "dreambooth")
-AVAILABLE_MODES = ("lora", "dreambooth-lora")  # "dreambooth" (full fine-tune) is not implemented yet
+AVAILABLE_MODES = MODES
+FULL_FINETUNE = "dreambooth"  # the mode that trains the model itself and saves a checkpoint
 
 
 def check_mode(value: Any) -> str:
-    mode = choice(MODES)(value)
-    if mode not in AVAILABLE_MODES:
-        raise Invalid(
-            f'mode {show(mode)} (full fine-tune) is not available yet; use "lora" or "dreambooth-lora"'
-        )
-    return mode
+    return choice(MODES)(value)
 
 
 _NAME_PUNCT = " -_.()"
@@ -477,7 +473,10 @@ class OutputSpec:
     """Where the LoRA files go and how often they are written."""
 
     dir: str = _f(
-        "", file_path(), required="give the folder to save the LoRA in (e.g. your WebUI's models/Lora)"
+        "",
+        file_path(),
+        required="give the folder to save the LoRA in (e.g. your WebUI's models/Lora), or the checkpoint "
+        'for mode "dreambooth" (e.g. models/Stable-diffusion)',
     )
     save_every_epochs: int = _f(1, integer(0))
     save_precision: str = _f("fp16", choice(SAVE_PRECISIONS))
@@ -533,6 +532,21 @@ class DreamBoothSpec:
 
 
 @dataclass(frozen=True)
+class FineTuneSpec:
+    """The full fine-tune (mode "dreambooth"): the UNet (and, with network.train_text_encoder, the text
+    encoder) itself is trained and saved as a checkpoint in output.dir; network.rank/alpha are not used.
+
+    ema keeps a slowly moving average of the weights and saves that (smoother results, one more copy of the
+    UNet in memory); extract_lora_rank > 0 also writes a LoRA of the difference to the base into lora_dir.
+    """
+
+    ema: bool = _f(False, boolean())
+    ema_decay: float = _f(0.9999, number(0, 1, lo_open=True, hi_open=True))
+    extract_lora_rank: int = _f(0, integer(0, 1024))
+    lora_dir: str = _f("", file_path(empty=""))
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """One training job. Frozen: it is validated once, so nothing may change it behind the validator's back."""
 
@@ -546,6 +560,7 @@ class JobSpec:
     output: OutputSpec = _section(OutputSpec)
     samples: SamplesSpec = _section(SamplesSpec)
     dreambooth: DreamBoothSpec = _section(DreamBoothSpec)
+    finetune: FineTuneSpec = _section(FineTuneSpec)
 
 
 # ---------------------------------------------------------------- checks that involve more than one field
@@ -619,12 +634,16 @@ def _dreambooth_checks(v: dict[str, Any]) -> Problems:
     if mode is None or dreambooth is None:
         return []
     out = []
-    if mode in ("dreambooth-lora", "dreambooth") and not dreambooth.class_prompt:
+    if (
+        mode in ("dreambooth-lora", "dreambooth")
+        and not dreambooth.class_prompt
+        and dreambooth.prior_loss_weight
+    ):
         out.append(
             (
                 "dreambooth.class_prompt",
                 f"is empty, but mode {show(mode)} needs it; give the class your subject belongs to, "
-                'e.g. "a photo of a dog"',
+                'e.g. "a photo of a dog" (or set prior_loss_weight to 0 to train without prior preservation)',
             )
         )
     # mode "lora" does not read the section, so nothing there can be wrong for it
@@ -639,8 +658,24 @@ def _dreambooth_checks(v: dict[str, Any]) -> Problems:
     return out
 
 
+def _finetune_checks(v: dict[str, Any]) -> Problems:
+    """The finetune section is read by mode "dreambooth" only."""
+    mode, finetune = v.get("mode"), v.get("finetune")
+    if mode != FULL_FINETUNE or finetune is None:
+        return []
+    if finetune.extract_lora_rank and not finetune.lora_dir:
+        return [
+            (
+                "finetune.lora_dir",
+                f"is empty, but finetune.extract_lora_rank is {finetune.extract_lora_rank}; give the folder "
+                "for the extracted LoRA (e.g. your WebUI's models/Lora), or set extract_lora_rank to 0",
+            )
+        ]
+    return []
+
+
 def _job_checks(v: dict[str, Any]) -> Problems:
-    return _trigger_checks(v) + _dreambooth_checks(v)
+    return _trigger_checks(v) + _dreambooth_checks(v) + _finetune_checks(v)
 
 
 CROSS_CHECKS: dict[type, Callable[[dict[str, Any]], Problems]] = {

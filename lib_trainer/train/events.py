@@ -23,6 +23,7 @@ EVENT_TYPES = (
     "info",
     "cancelled",
     "class_images",
+    "lora_extracted",
 )
 
 
@@ -51,6 +52,8 @@ def format_event(event: dict) -> str | None:
         return f"{what} {event['name']!r} on {event['model']} ({event['model_type']}, {event['device']})"
     if kind == "class_images":
         return f"class images: {event['generated']} made, {event['reused']} reused ({event['folder']})"
+    if kind == "lora_extracted":
+        return f"extracted a rank-{event['rank']} LoRA of {event['layers']} layers: {event['path']}"
     if kind == "done":
         return f"done after {event['steps']} steps: {', '.join(event['files'])}"
     return None

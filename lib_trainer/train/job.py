@@ -26,6 +26,7 @@ from ..spec import JobSpec, SpecError
 from . import outputs
 from .dataset_prep import LatentSource, assign_buckets, default_cache_dir, training_size
 from .events import EventWriter
+from .finetune import finetune_param_groups, is_full_finetune, learning_rate_warnings, make_ema
 from .lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, lora_parameters
 from .optimizers import TrainingConfigError, build_optimizer, optimizer_warnings
 from .preflight import PreflightError, preflight
@@ -140,6 +141,9 @@ def setup_prior(ctx: TrainContext) -> None:
     if spec.mode not in DREAMBOOTH_MODES:
         return
     db = spec.dreambooth
+    if db.prior_loss_weight == 0:
+        ctx.events.emit("info", message="no prior preservation (dreambooth.prior_loss_weight is 0)")
+        return
     if db.prior == LORA_OFF:
         ctx.prior = LoraOffPrior(db.class_prompt, db.prior_loss_weight)
         ctx.events.emit(
@@ -216,10 +220,14 @@ def setup_models(ctx: TrainContext) -> None:
         ctx.grad_scaler = torch.amp.GradScaler(ctx.device.type)
     if ctx.device.type == "cpu" and spec.training.mixed_precision != "no":
         ctx.events.emit("info", message="training in fp32 on the CPU (mixed precision only applies to GPUs)")
+    # A full fine-tune keeps fp32 master weights of what it trains: a bf16 round trip would lose precision.
+    full = is_full_finetune(spec)
+    unet_dtype = torch.float32 if full and spec.network.train_unet else ctx.weight_dtype
+    te_dtype = torch.float32 if full and spec.network.train_text_encoder else ctx.weight_dtype
     base.vae.to(ctx.device, torch.float32).requires_grad_(False).eval()
-    base.unet.to(ctx.device, ctx.weight_dtype).requires_grad_(False)
+    base.unet.to(ctx.device, unet_dtype).requires_grad_(False)
     for encoder in base.text_encoders:
-        encoder.to(ctx.device, ctx.weight_dtype).requires_grad_(False).eval()
+        encoder.to(ctx.device, te_dtype).requires_grad_(False).eval()
     if spec.training.attention == "xformers":
         base.unet.enable_xformers_memory_efficient_attention()
     ctx.noise_scheduler = make_noise_scheduler(base.arch.prediction_type)
@@ -243,6 +251,39 @@ def warn_long_captions(ctx: TrainContext) -> None:
 
 
 def add_networks(ctx: TrainContext) -> None:
+    """What trains: LoRA layers (modes lora, dreambooth-lora) or the model itself (dreambooth); then the
+    optimizer and the learning-rate schedule over those parameters."""
+    spec = ctx.spec
+    if is_full_finetune(spec):
+        groups = finetune_param_groups(ctx)
+        warnings = learning_rate_warnings(spec)
+    else:
+        groups = _lora_param_groups(ctx)
+        warnings = []
+    ctx.trainable_params = [p for group in groups for p in group["params"]]
+    for message in warnings + optimizer_warnings(spec.training.optimizer, spec.training.learning_rate):
+        ctx.events.emit("warning", message=message)
+    ctx.optimizer = build_optimizer(
+        spec.training.optimizer,
+        groups,
+        lr=spec.training.learning_rate,
+        device_type=ctx.device.type,
+        extra_args=spec.training.optimizer_args,
+    )
+    ctx.ema = make_ema(ctx)
+    per_epoch, total, epochs = steps_plan(spec, len(ctx.data.batches(0)))
+    ctx.steps_per_epoch, ctx.total_steps, ctx.num_epochs = per_epoch, total, epochs
+    ctx.lr_scheduler = build_scheduler(
+        spec.training.lr_scheduler,
+        ctx.optimizer,
+        total_steps=total,
+        warmup_steps=resolve_warmup_steps(spec.training.lr_warmup_steps, total),
+        num_cycles=spec.training.lr_scheduler_num_cycles,
+        power=spec.training.lr_scheduler_power,
+    )
+
+
+def _lora_param_groups(ctx: TrainContext) -> list[dict]:
     spec, base = ctx.spec, ctx.base
     net = spec.network
     alpha = net.alpha if net.alpha is not None else net.rank
@@ -262,26 +303,7 @@ def add_networks(ctx: TrainContext) -> None:
     for group in groups:  # trainable weights stay fp32 under autocast (kohya does the same)
         for p in group["params"]:
             p.data = p.data.float()
-    ctx.trainable_params = [p for group in groups for p in group["params"]]
-    for message in optimizer_warnings(spec.training.optimizer, spec.training.learning_rate):
-        ctx.events.emit("warning", message=message)
-    ctx.optimizer = build_optimizer(
-        spec.training.optimizer,
-        groups,
-        lr=spec.training.learning_rate,
-        device_type=ctx.device.type,
-        extra_args=spec.training.optimizer_args,
-    )
-    per_epoch, total, epochs = steps_plan(spec, len(ctx.data.batches(0)))
-    ctx.steps_per_epoch, ctx.total_steps, ctx.num_epochs = per_epoch, total, epochs
-    ctx.lr_scheduler = build_scheduler(
-        spec.training.lr_scheduler,
-        ctx.optimizer,
-        total_steps=total,
-        warmup_steps=resolve_warmup_steps(spec.training.lr_warmup_steps, total),
-        num_cycles=spec.training.lr_scheduler_num_cycles,
-        power=spec.training.lr_scheduler_power,
-    )
+    return groups
 
 
 def run_job(

@@ -20,6 +20,7 @@ from ..export.metadata import LoraTrainingInfo, add_modelspec, build_lora_metada
 from ..export.safe_write import atomic_write_bytes
 from ..spec import spec_to_dict
 from .dataset_prep import training_size
+from .finetune import ema_weights, is_full_finetune, trainable_components
 from .lora import load_lora_state_dict, lora_state_dict
 from .optimizers import describe_optimizer
 from .sampling import SampleRequest, generate_samples
@@ -59,25 +60,15 @@ def vae_identity(ctx) -> str:
     return digest.hexdigest()[:16]
 
 
-def _components(ctx) -> dict[str, torch.nn.Module]:
-    comps = {}
-    if ctx.spec.network.train_unet:
-        comps["unet"] = ctx.base.unet
-    if ctx.spec.network.train_text_encoder:
-        for i, encoder in enumerate(ctx.base.text_encoders):
-            comps[f"te{i}"] = encoder
-    return comps
-
-
 def collect_lora_state(ctx) -> dict[str, torch.Tensor]:
     out = {}
-    for comp, module in _components(ctx).items():
+    for comp, module in trainable_components(ctx).items():
         out.update({f"{comp}/{k}": v for k, v in lora_state_dict(module).items()})
     return out
 
 
 def apply_lora_state(ctx, tensors: dict[str, torch.Tensor]) -> None:
-    for comp, module in _components(ctx).items():
+    for comp, module in trainable_components(ctx).items():
         prefix = f"{comp}/"
         load_lora_state_dict(
             module, {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -96,7 +87,7 @@ def kohya_tensors(ctx) -> dict[str, torch.Tensor]:
     )
 
 
-def _training_info(ctx, output_name: str, epoch: int) -> LoraTrainingInfo:
+def training_info(ctx, output_name: str, epoch: int) -> LoraTrainingInfo:
     spec, arch, data = ctx.spec, ctx.base.arch, ctx.data
     scan = ctx.scan
     resolution = training_size(spec)
@@ -153,7 +144,7 @@ def _training_info(ctx, output_name: str, epoch: int) -> LoraTrainingInfo:
 
 def save_lora_file(ctx, stem: str, epoch: int) -> Path:
     path = ctx.resolved.output_dir / f"{stem}.safetensors"
-    info = _training_info(ctx, stem, epoch)
+    info = training_info(ctx, stem, epoch)
     metadata = build_lora_metadata(info)
     add_modelspec(metadata, info)
     ctx.resolved.output_dir.mkdir(parents=True, exist_ok=True)
@@ -196,17 +187,8 @@ def make_samples(ctx, label: str) -> list[Path]:
     modules = [ctx.base.unet, *ctx.base.text_encoders]
     for m in modules:
         m.eval()
-    paths = generate_samples(
-        ctx.base,
-        requests,
-        ctx.job_dir / "samples",
-        f"{ctx.progress.output_name}_{label}",
-        sampler_name=ctx.spec.samples.sampler,
-        training_scheduler=ctx.noise_scheduler,
-        clip_skip=ctx.spec.model.clip_skip,
-        device=ctx.device,
-        autocast_dtype=ctx.autocast_dtype,
-    )
+    with ema_weights(ctx):  # a full fine-tune with EMA saves the average: show that
+        paths = _generate(ctx, requests, label)
     ctx.base.unet.train(ctx.spec.network.train_unet)
     for encoder in ctx.base.text_encoders:
         encoder.train(ctx.spec.network.train_text_encoder)
@@ -218,18 +200,57 @@ def make_samples(ctx, label: str) -> list[Path]:
     return paths
 
 
+def _generate(ctx, requests: list[SampleRequest], label: str) -> list[Path]:
+    return generate_samples(
+        ctx.base,
+        requests,
+        ctx.job_dir / "samples",
+        f"{ctx.progress.output_name}_{label}",
+        sampler_name=ctx.spec.samples.sampler,
+        training_scheduler=ctx.noise_scheduler,
+        clip_skip=ctx.spec.model.clip_skip,
+        device=ctx.device,
+        autocast_dtype=ctx.autocast_dtype,
+    )
+
+
 def end_of_epoch(ctx, finished: bool) -> None:
     epoch = ctx.progress.epoch  # epochs completed so far
     every = ctx.spec.output.save_every_epochs
     if not finished and every and epoch % every == 0:
-        save_lora_file(ctx, f"{ctx.progress.output_name}-{epoch:06d}", epoch)
+        save_output_file(ctx, f"{ctx.progress.output_name}-{epoch:06d}", epoch)
     sample_every = ctx.spec.samples.every_epochs
     if sample_every and (epoch % sample_every == 0 or finished):
         make_samples(ctx, f"e{epoch:06d}")
 
 
+def save_output_file(ctx, stem: str, epoch: int) -> Path:
+    """A LoRA file, or for a full fine-tune a checkpoint."""
+    if is_full_finetune(ctx.spec):
+        from .finetune_outputs import save_checkpoint_file
+
+        return save_checkpoint_file(ctx, stem, epoch)
+    return save_lora_file(ctx, stem, epoch)
+
+
+def _write_preview(ctx, path: Path) -> list[str]:
+    """The WebUI's card shows NAME.preview.png (Lora and checkpoint cards alike): the newest first sample."""
+    if not ctx.last_samples:
+        return []
+    preview = path.with_name(f"{path.stem}.preview.png")
+    atomic_write_bytes(preview, ctx.last_samples[0].read_bytes(), overwrite=False)
+    return [str(preview)]
+
+
 def save_final(ctx) -> list[str]:
     stem = ctx.progress.output_name
+    if is_full_finetune(ctx.spec):
+        from .finetune_outputs import extract_lora_output, save_checkpoint_file
+
+        path = save_checkpoint_file(ctx, stem, ctx.progress.epoch)
+        preview = _write_preview(ctx, path)
+        extract_lora_output(ctx, path)
+        return [*ctx.saved_files, *preview]
     path = save_lora_file(ctx, stem, ctx.progress.epoch)
     sidecar = path.with_suffix(".json")
     write_lora_sidecar_json(
@@ -239,17 +260,11 @@ def save_final(ctx) -> list[str]:
         sd_version=SD_VERSION_LABEL[ctx.base.arch.family],
         description=f"Trained with lib_trainer on {ctx.resolved.checkpoint.name}",
     )
-    files = [*ctx.saved_files, str(sidecar)]
-    if ctx.last_samples:
-        # The WebUI's Lora card shows NAME.preview.png: the newest sample of the first prompt.
-        preview = path.with_name(f"{stem}.preview.png")
-        atomic_write_bytes(preview, ctx.last_samples[0].read_bytes(), overwrite=False)
-        files.append(str(preview))
-    return files
+    return [*ctx.saved_files, str(sidecar), *_write_preview(ctx, path)]
 
 
 def save_cancelled(ctx) -> list[str]:
     if ctx.progress.global_step == 0:
         return []
     stem = f"{ctx.progress.output_name}-step{ctx.progress.global_step:08d}"
-    return [str(save_lora_file(ctx, stem, ctx.progress.epoch))]
+    return [str(save_output_file(ctx, stem, ctx.progress.epoch))]

@@ -67,6 +67,15 @@ class ClassImagePrior:
             self._round += 1
         return self._queue.pop(0)
 
+    def position(self) -> dict:
+        """Where the class batches stand, for the resume state (a resumed job continues with the same ones)."""
+        return {"queue": [list(batch) for batch in self._queue], "round": self._round}
+
+    def restore(self, position: dict | None) -> None:
+        if position:
+            self._queue = [list(batch) for batch in position["queue"]]
+            self._round = int(position["round"])
+
     def captions(self, entries: list[int]) -> list[str]:
         """An image's own caption if it has one (a user's class folder), else the class prompt."""
         out = []

@@ -25,9 +25,10 @@ from . import outputs
 from .conditioning import encode_sd, encode_sdxl, sdxl_time_ids
 from .dataset_prep import LatentSource, PreparedData, captions_for, sample_latents
 from .events import EventWriter
+from .finetune import is_full_finetune, load_weights_state, weights_state
 from .preflight import Resolved
-from .prior import LORA_OFF, adapters_disabled, combine_prior_loss
-from .state import Progress, load_state, save_state
+from .prior import DREAMBOOTH_MODES, LORA_OFF, ClassImagePrior, adapters_disabled, combine_prior_loss
+from .state import Progress, load_extra, load_state, save_state
 
 log = logging.getLogger("lib_trainer")
 
@@ -67,6 +68,7 @@ class TrainContext:
     last_samples: list[Path] = field(default_factory=list)
     prior: object = None  # prior.ClassImagePrior / LoraOffPrior for the DreamBooth modes
     bucket_manager: object = None  # data.buckets.BucketManager of the instance data (class images reuse it)
+    ema: object = None  # diffusers EMAModel of a full fine-tune with finetune.ema
 
     @property
     def device(self) -> torch.device:
@@ -194,7 +196,7 @@ def _half_loss(
 
 def instance_captions(ctx: TrainContext, entries: list[int]) -> list[str]:
     """The captions of an instance batch; DreamBooth's instance prompt, when given, replaces them."""
-    prompt = ctx.spec.dreambooth.instance_prompt if ctx.prior is not None else ""
+    prompt = ctx.spec.dreambooth.instance_prompt if ctx.spec.mode in DREAMBOOTH_MODES else ""
     if prompt:
         return [prompt.replace("{trigger}", ctx.spec.dataset.trigger_word)] * len(entries)
     return captions_for(entries, ctx.data, ctx.spec.dataset, ctx.caption_rng)
@@ -233,6 +235,8 @@ def _optimizer_step(ctx: TrainContext) -> None:
         ctx.grad_scaler.update()
     else:
         ctx.optimizer.step()
+    if ctx.ema is not None:
+        ctx.ema.step(ctx.trainable_params)
     ctx.lr_scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     ctx.progress.global_step += 1
@@ -323,11 +327,23 @@ def train_loop(ctx: TrainContext) -> None:
             raise StopRequested
 
 
+def _weights_file(ctx: TrainContext) -> str:
+    return "weights.safetensors" if is_full_finetune(ctx.spec) else "lora.safetensors"
+
+
 def save_resume_state(ctx: TrainContext) -> Path:
-    tensors = outputs.collect_lora_state(ctx)
+    full = is_full_finetune(ctx.spec)
+    extras: dict[str, object] = {}
+    if ctx.ema is not None:
+        ema = ctx.ema.state_dict()
+        extras["ema"] = {**ema, "shadow_params": [p.detach().cpu() for p in ema["shadow_params"]]}
+    if isinstance(ctx.prior, ClassImagePrior):
+        extras["prior"] = ctx.prior.position()
     return save_state(
         ctx.job_dir / "state",
-        lora_tensors=tensors,
+        weights=weights_state(ctx) if full else outputs.collect_lora_state(ctx),
+        weights_file=_weights_file(ctx),
+        extras=extras,
         optimizer=ctx.optimizer,
         scheduler=ctx.lr_scheduler,
         noise_generator=ctx.noise_generator,
@@ -338,15 +354,28 @@ def save_resume_state(ctx: TrainContext) -> Path:
 
 
 def restore(ctx: TrainContext) -> None:
+    state_dir = ctx.job_dir / "state"
     tensors, progress = load_state(
-        ctx.job_dir / "state",
+        state_dir,
         optimizer=ctx.optimizer,
         scheduler=ctx.lr_scheduler,
         noise_generator=ctx.noise_generator,
         caption_rng=ctx.caption_rng,
         grad_scaler=ctx.grad_scaler,
+        weights_file=_weights_file(ctx),
     )
-    outputs.apply_lora_state(ctx, tensors)
+    if is_full_finetune(ctx.spec):
+        load_weights_state(ctx, tensors)
+    else:
+        outputs.apply_lora_state(ctx, tensors)
+    if ctx.ema is not None:
+        saved = load_extra(state_dir, "ema")
+        if saved is None:
+            raise ValueError(f"the saved state in {state_dir} has no EMA; resume with finetune.ema off")
+        ctx.ema.load_state_dict(saved)
+        ctx.ema.to(ctx.device)
+    if isinstance(ctx.prior, ClassImagePrior):
+        ctx.prior.restore(load_extra(state_dir, "prior"))
     ctx.progress = progress
 
 

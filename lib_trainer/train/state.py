@@ -1,4 +1,4 @@
-"""Resumable training state: LoRA weights, optimizer, scheduler, every random stream and the step counters.
+"""Resumable training state: trained weights, optimizer, scheduler, every random stream and the step counters.
 
 A resumed run must continue as if it had never stopped (kohya's users report wrong steps and epochs after
 resuming), so the state holds the exact position inside the epoch and the states of all random generators
@@ -28,10 +28,15 @@ class Progress:
     finished: bool = False
 
 
+WEIGHT_FILES = ("lora.safetensors", "weights.safetensors")  # LoRA layers / a full fine-tune's modules
+
+
 def save_state(
     state_dir: Path,
     *,
-    lora_tensors: dict[str, torch.Tensor],
+    weights: dict[str, torch.Tensor],
+    weights_file: str = "lora.safetensors",
+    extras: dict[str, object] | None = None,
     optimizer: torch.optim.Optimizer,
     scheduler,
     noise_generator: torch.Generator,
@@ -45,7 +50,11 @@ def save_state(
     tmp = state_dir.with_name(state_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in lora_tensors.items()}, str(tmp / "lora.safetensors"))
+    if weights_file not in WEIGHT_FILES:
+        raise ValueError(f"unknown weights file {weights_file!r}")
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / weights_file))
+    for name, value in (extras or {}).items():  # e.g. the EMA, the class-image batch position
+        torch.save(value, tmp / f"extra-{name}.pt")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     if grad_scaler is not None:
@@ -89,12 +98,18 @@ def load_state(
     noise_generator: torch.Generator,
     caption_rng: random.Random,
     grad_scaler=None,
+    weights_file: str = "lora.safetensors",
 ) -> tuple[dict[str, torch.Tensor], Progress]:
-    """Restore optimizer, scheduler and random streams; returns the LoRA tensors and the progress."""
+    """Restore optimizer, scheduler and random streams; returns the trained weights and the progress."""
     from safetensors.torch import load_file
 
     state_dir = Path(state_dir)
-    lora = load_file(str(state_dir / "lora.safetensors"))
+    if not (state_dir / weights_file).is_file():
+        raise ValueError(
+            f"the saved state in {state_dir} has no {weights_file}: it was made by another kind of job "
+            "(LoRA vs full fine-tune); start the job again instead of resuming"
+        )
+    lora = load_file(str(state_dir / weights_file))
     optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=True))
     if grad_scaler is not None and (state_dir / "grad_scaler.pt").is_file():
@@ -107,3 +122,9 @@ def load_state(
     version, internal, gauss = rng["caption"]
     caption_rng.setstate((version, tuple(internal), gauss))
     return lora, read_progress(state_dir)
+
+
+def load_extra(state_dir: Path, name: str) -> object | None:
+    """An extra saved with the state (None when the state has none, e.g. written by an older version)."""
+    path = Path(state_dir) / f"extra-{name}.pt"
+    return torch.load(path, weights_only=True) if path.is_file() else None
