@@ -180,3 +180,38 @@ def test_a_missing_class_folder_fails_before_loading_anything(tmp_path, tiny_mod
         raise AssertionError("no error for a missing class folder")
     code = run_job(spec, tmp_path / "job")
     assert code == 2 and _events(tmp_path / "job")[-1]["field"] == "dreambooth.class_data"
+
+
+def test_kohya_regularization_folders_keep_their_repeats_and_pair_one_class_batch_per_step(
+    tmp_path, tiny_models, tiny_dataset
+):
+    """kohya's reg layout: `N_class` subfolders whose N repeats an image; every instance batch is paired
+    with one class batch, so per epoch the class is seen as often as the subject (kohya balances the reg
+    images to the number of training images the same way)."""
+    from collections import Counter
+
+    from lib_trainer.demo import make_dataset
+
+    reg = tmp_path / "reg"
+    make_dataset(reg, count=3, trigger="dog")  # reg/2_dog shape: 3 images, 2 repeats each
+    make_dataset(tmp_path / "tmp", count=1, seed=5, trigger="cat")
+    (tmp_path / "tmp" / "2_cat shape").rename(reg / "1_cat")  # 1 image, 1 repeat
+    spec = _spec(tiny_models, tiny_dataset, tmp_path / "out", class_data=str(reg))
+    ctx = _context(spec, tmp_path / "jobs" / "a")
+    prior = ctx.prior
+    assert len(prior.data.samples) == 4 and len(prior.data.entries) == 3 * 2 + 1
+    seen = Counter()
+    round_size = len(prior.data.batches(0))
+    for _ in range(round_size):  # one full pass over the class entries
+        for entry in prior.next_batch():
+            seen[Path(prior.data.samples[prior.data.entries[entry]].item.path).parent.name] += 1
+    assert seen == {"2_dog shape": 6, "1_cat": 1}
+    # during training: exactly one class batch per instance batch (the loss adds both halves)
+    ctx2 = _context(spec, tmp_path / "jobs" / "b")
+    drawn = []
+    original = ctx2.prior.next_batch
+    ctx2.prior.next_batch = lambda: drawn.append(1) or original()
+    with torch.no_grad():
+        for batch in ctx2.data.batches(0)[:3]:
+            compute_loss(ctx2, batch)
+    assert len(drawn) == 3
