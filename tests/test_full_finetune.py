@@ -188,3 +188,17 @@ def test_a_high_learning_rate_is_warned_about(tmp_path, tiny_models, tiny_datase
     assert run_job(spec_from_dict(spec), job) == EXIT_OK
     warnings = [e["message"] for e in _events(job) if e["type"] == "warning"]
     assert any("high for a full fine-tune" in m and "1e-6 to 5e-6" in m for m in warnings), warnings
+
+
+def test_too_little_disk_space_is_warned_about_before_training(
+    tmp_path, tiny_models, tiny_dataset, monkeypatch
+):
+    import shutil
+
+    from lib_trainer.train import finetune
+
+    spec = spec_from_dict(_spec(tiny_models["sd1"], tiny_dataset, tmp_path / "not" / "yet"))
+    assert finetune.disk_space_warning(spec, tiny_models["sd1"], tmp_path / "not" / "yet", 2) is None
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1000))
+    message = finetune.disk_space_warning(spec, tiny_models["sd1"], tmp_path / "not" / "yet", 2)
+    assert message.startswith("2 checkpoint(s) of ") and "output.save_every_epochs" in message

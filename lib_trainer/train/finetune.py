@@ -11,6 +11,8 @@ sampled. Checkpoints are written by `export.checkpoint_file` in the base file's 
 from __future__ import annotations
 
 import contextlib
+import math
+import shutil
 from collections.abc import Iterator
 
 import torch
@@ -110,3 +112,28 @@ def load_weights_state(ctx, tensors: dict[str, torch.Tensor]) -> None:
                 f"the saved state does not match this model's {comp} (missing {missing[:3]}, "
                 f"unknown {unexpected[:3]}); start the job again instead of resuming"
             )
+
+
+_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+
+
+def disk_space_warning(spec, checkpoint, output_dir, num_epochs: int) -> str | None:
+    """Each checkpoint is as large as the base model: say so before hours of training, not at the save."""
+    from ..models.checkpoint_io import read_safetensors_header
+
+    if checkpoint.suffix.lower() != ".safetensors":
+        return None
+    shapes, _ = read_safetensors_header(checkpoint)
+    size = sum(math.prod(shape) for shape in shapes.values()) * _BYTES[spec.output.save_precision]
+    every = spec.output.save_every_epochs
+    count = 1 + (max(0, (num_epochs - 1) // every) if every else 0)
+    folder = output_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free >= count * size:
+        return None
+    return (
+        f"{count} checkpoint(s) of {size / 2**30:.1f} GB each will be saved, but {output_dir} has only "
+        f"{free / 2**30:.1f} GB free; free some space or save fewer (output.save_every_epochs)"
+    )

@@ -26,7 +26,13 @@ from ..spec import JobSpec, SpecError
 from . import outputs
 from .dataset_prep import LatentSource, assign_buckets, default_cache_dir, training_size
 from .events import EventWriter
-from .finetune import finetune_param_groups, is_full_finetune, learning_rate_warnings, make_ema
+from .finetune import (
+    disk_space_warning,
+    finetune_param_groups,
+    is_full_finetune,
+    learning_rate_warnings,
+    make_ema,
+)
 from .lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, lora_parameters
 from .optimizers import TrainingConfigError, build_optimizer, optimizer_warnings
 from .preflight import PreflightError, preflight
@@ -273,6 +279,10 @@ def add_networks(ctx: TrainContext) -> None:
     ctx.ema = make_ema(ctx)
     per_epoch, total, epochs = steps_plan(spec, len(ctx.data.batches(0)))
     ctx.steps_per_epoch, ctx.total_steps, ctx.num_epochs = per_epoch, total, epochs
+    if is_full_finetune(spec):
+        space = disk_space_warning(spec, ctx.resolved.checkpoint, ctx.resolved.output_dir, epochs)
+        if space:
+            ctx.events.emit("warning", message=space)
     ctx.lr_scheduler = build_scheduler(
         spec.training.lr_scheduler,
         ctx.optimizer,
