@@ -1,7 +1,7 @@
 """The REST API under /lora-trainer/v1 on the WebUI's own server (mounted only with --api or --nowebui).
 
 Everything goes through the same TrainerService the tab uses, so a job started here is the same kind of
-job as one started in the tab (same queue, GPU handoff, LoRA folder). The host does not protect routes that
+job as one started in the tab (same queue, GPU handoff, LoRA or checkpoint folder). The host does not protect routes that
 extensions add, so the --api-auth check is done here, on every route. Errors are JSON bodies of our own
 (`{"error": ..., "fields": [...]}`) returned directly, so they look the same whatever exception handlers the
 host installs.
@@ -26,13 +26,15 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from .. import __version__
 from ..jobs import JobError, JobNotFound, JobStateError
 from ..spec import SpecError, default_spec_dict
+from ..spec.schema import AVAILABLE_MODES
 from . import api_models as m
 from . import compare as grids
 from .dataset_summary import summarize_spec_dataset
 from .host_api import CURRENT
 from .install_status import InstallStatus
+from .job_outputs import CHECKPOINT, LORA
 from .presets import apply_preset
-from .service import CompareError, CompareValueError, TrainerService
+from .service import CompareError, CompareUnsupported, CompareValueError, TrainerService
 from .uploads import UploadError, UploadItem, UploadLimits, unpack_zip, write_items
 
 PREFIX = "/lora-trainer/v1"
@@ -71,7 +73,7 @@ def _answers(func: Callable[..., Any]) -> Callable[..., Any]:
             return _error(409, str(exc))
         except UploadError as exc:
             return _error(exc.status, str(exc))
-        except CompareValueError as exc:
+        except (CompareValueError, CompareUnsupported) as exc:
             return _error(422, str(exc))
         except (CompareError, JobError, grids.AxisError) as exc:
             return _error(409, str(exc))
@@ -121,6 +123,11 @@ def _job_view(service: TrainerService, job_id: str) -> m.JobView:
     fields["resumable"] = bool(progress.get("resumable"))
     fields["last_seq"] = int(progress.get("last_seq") or 0)
     fields["files"] = list(progress.get("files") or [])
+    outputs = service.job_outputs(job_id)
+    kinds = outputs.kinds(fields["files"])
+    fields["training_type"] = outputs.mode
+    fields["checkpoint_files"] = [f for f, kind in kinds.items() if kind == CHECKPOINT]
+    fields["lora_files"] = [f for f, kind in kinds.items() if kind == LORA]
     return m.JobView(**fields)
 
 
@@ -144,7 +151,8 @@ def _request_spec(service: TrainerService, body: m.JobRequest) -> tuple[dict[str
 
 
 def _safe_file(service: TrainerService, job_id: str, name: str) -> Path:
-    """A file of the job by name: inside its job folder, or one of the LoRA files it wrote. Nothing else."""
+    """A file of the job by name: inside its job folder, or one of the LoRA or checkpoint files it wrote.
+    Nothing else."""
     record = service.manager.get(job_id)
     job_dir = Path(record.job_dir).resolve()
     if not name or "\\" in name or name.startswith("/") or ".." in Path(name).parts:
@@ -189,6 +197,8 @@ def build_router(
             ),
             model=m.ModelView(**model.__dict__) if model else None,
             lora_dir=str(service.host.lora_dir()),
+            checkpoint_dir=str(service.host.checkpoint_dir()),
+            modes=list(AVAILABLE_MODES),
             datasets_dir=str(datasets_dir(service)),
             presets=[
                 m.PresetView(title=p.title, description=p.description, builtin=p.builtin, spec=p.spec)
@@ -271,7 +281,8 @@ def build_router(
         return FileResponse(_safe_file(get_service(), job_id, name))
 
     def _action(job_id: str, action: str) -> m.ActionResponse:
-        manager = get_service().manager
+        service = get_service()
+        manager = service.manager
         if action == "cancel":
             record = manager.cancel(job_id)
             text = "stopping after this step" if record.status == "stopping" else record.status
@@ -280,9 +291,10 @@ def build_router(
             text = "continues from its last saved state"
         else:
             name = manager.get(job_id).name
+            what = "checkpoint" if service.job_outputs(job_id).full else "LoRA"
             manager.remove(job_id)
             return m.ActionResponse(
-                id=job_id, status="removed", message=f'"{name}" removed; its LoRA files stay.'
+                id=job_id, status="removed", message=f'"{name}" removed; its {what} files stay.'
             )
         return m.ActionResponse(id=job_id, status=record.status, message=f'"{record.name}": {text}')
 
@@ -301,7 +313,11 @@ def build_router(
     def remove(job_id: str):
         return _action(job_id, "remove")
 
-    @router.post("/jobs/{job_id}/compare", response_model=m.CompareResponse, responses=errors)
+    @router.post(
+        "/jobs/{job_id}/compare",
+        response_model=m.CompareResponse,
+        responses={**errors, 422: {"model": m.ErrorResponse}},
+    )
     @_answers
     def compare(job_id: str, body: m.CompareRequestBody | None = None):
         service = get_service()

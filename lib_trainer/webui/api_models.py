@@ -47,6 +47,14 @@ class InfoResponse(BaseModel):
     trainer: TrainerEnvironment
     model: Optional[ModelView] = Field(None, description="The checkpoint the WebUI has loaded (or selected)")
     lora_dir: str
+    checkpoint_dir: str = Field(
+        description='Where a full fine-tune (mode "dreambooth") saves its checkpoints: the WebUI\'s checkpoint '
+        "folder"
+    )
+    modes: list[str] = Field(
+        description='The training types (the job spec\'s "mode"): "lora", "dreambooth-lora" (a LoRA with prior '
+        'preservation) and "dreambooth" (the full fine-tune, saved as a checkpoint)'
+    )
     datasets_dir: str = Field(description="Where POST /datasets unpacks uploads")
     presets: list[PresetView]
 
@@ -54,13 +62,17 @@ class InfoResponse(BaseModel):
 class JobRequest(BaseModel):
     spec: dict[str, Any] = Field(
         description='A job spec (as `python -m lib_trainer spec --example` prints). model.checkpoint "current" or '
-        "left out = the checkpoint the WebUI has loaded; a checkpoint title or file from the WebUI's list also works."
+        "left out = the checkpoint the WebUI has loaded; a checkpoint title or file from the WebUI's list also works. "
+        'output.dir (and finetune.lora_dir) are set by the WebUI: the LoRA folder, or for mode "dreambooth" the '
+        "checkpoint folder."
     )
     preset: Optional[str] = Field(
         None, description="A preset title; the spec's own values are applied on top"
     )
     gpu_mode: str = Field("auto", description='"auto", "exclusive" (pause generation) or "shared"')
-    compare_when_done: bool = Field(False, description="Make the epoch x strength grid when the job is done")
+    compare_when_done: bool = Field(
+        False, description="Make the epoch x strength grid when the job is done (LoRA jobs only)"
+    )
 
 
 class DatasetReport(BaseModel):
@@ -83,7 +95,9 @@ class CheckResponse(BaseModel):
 
 class SubmitResponse(BaseModel):
     id: str
-    name: str = Field(description="The LoRA's file name (a free one if the asked-for name was taken)")
+    name: str = Field(
+        description="The LoRA's (or checkpoint's) file name: a free one if the asked-for name was taken"
+    )
     status: str
     position: Optional[int] = Field(None, description="Place in the waiting queue, 0 = next")
     gpu_mode: str
@@ -107,7 +121,17 @@ class JobView(BaseModel):
     error: Optional[str] = None
     error_field: Optional[str] = None
     output_name: Optional[str] = None
-    files: list[str] = Field(default_factory=list, description="LoRA files written (full paths)")
+    training_type: Optional[str] = Field(
+        None, description='The job spec\'s mode, e.g. "lora" or "dreambooth"'
+    )
+    files: list[str] = Field(default_factory=list, description="Every file written (full paths)")
+    checkpoint_files: list[str] = Field(
+        default_factory=list,
+        description="Checkpoints a full fine-tune wrote (in the WebUI's checkpoint folder)",
+    )
+    lora_files: list[str] = Field(
+        default_factory=list, description="LoRA files written (for a full fine-tune: the extracted LoRA)"
+    )
     samples: list[str] = Field(default_factory=list, description="Sample images (names for /files/{name})")
     created: Optional[float] = None
     started: Optional[float] = None

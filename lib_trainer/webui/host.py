@@ -103,6 +103,16 @@ class WebUIHost:
         lora_dir = getattr(shared.cmd_opts, "lora_dir", None)
         return Path(lora_dir) if lora_dir else Path(paths_internal.models_path) / "Lora"
 
+    def checkpoint_dir(self) -> Path:
+        """`--ckpt-dir` if given, else sd_models.model_path (models/Stable-diffusion). The host lists both
+        folders (sd_models.list_models: model_path plus command_path=cmd_opts.ckpt_dir), and with
+        --ckpt-dir set that is the folder the user chose for their checkpoints."""
+        ckpt_dir = getattr(shared.cmd_opts, "ckpt_dir", None)
+        if ckpt_dir:
+            return Path(ckpt_dir)
+        model_path = getattr(sd_models, "model_path", None)
+        return Path(model_path) if model_path else Path(paths_internal.models_path) / "Stable-diffusion"
+
     def data_dir(self) -> Path:
         return Path(paths_internal.data_path)
 
@@ -181,6 +191,20 @@ class WebUIHost:
             log.debug("the Lora built-in is not loaded; cannot refresh its list")
             return
         networks.list_available_networks()
+
+    # ------------------------------------------------------------ checkpoint list
+
+    def refresh_checkpoints(self) -> None:
+        """sd_models.list_models() (A1111, Forge and reForge all have it): what the checkpoint list's refresh
+        button runs. It only rescans files. A1111's version downloads SD 1.5 when it finds no checkpoint at
+        all, so it is called only when the folder has one (ours, just written)."""
+        list_models = getattr(sd_models, "list_models", None)
+        if list_models is None:
+            log.debug("this WebUI has no sd_models.list_models; cannot refresh its checkpoint list")
+            return
+        if not _has_model_file(self.checkpoint_dir()):
+            return
+        list_models()
 
     def lora_names(self, refresh: bool = False) -> list[str]:
         networks = sys.modules.get("networks")
@@ -277,6 +301,14 @@ def _model_type(model) -> tuple[str | None, str | None]:
     if getattr(model, "is_sd1", False):
         return "sd1", prediction
     return None, prediction
+
+
+def _has_model_file(folder: Path) -> bool:
+    """Whether a checkpoint file (.safetensors / .ckpt) is anywhere under `folder`; stops at the first."""
+    for _root, _dirs, files in os.walk(folder):
+        if any(name.lower().endswith((".safetensors", ".ckpt")) for name in files):
+            return True
+    return False
 
 
 def _free_cuda_cache() -> None:

@@ -56,6 +56,10 @@ class Host(Protocol):
     def lora_dir(self) -> Path:
         """Where the WebUI looks for LoRAs (`--lora-dir`, default models/Lora)."""
 
+    def checkpoint_dir(self) -> Path:
+        """Where a full fine-tune saves its checkpoints: the WebUI's checkpoint folder (`--ckpt-dir`, default
+        models/Stable-diffusion)."""
+
     def data_dir(self) -> Path:
         """The WebUI's data folder (`--data-dir`); job folders and presets live under it."""
 
@@ -82,6 +86,10 @@ class Host(Protocol):
 
     def refresh_loras(self) -> None:
         """Rescan the LoRA folder so new files show up in the WebUI's Lora list."""
+
+    def refresh_checkpoints(self) -> None:
+        """Rescan the checkpoint folders so a new checkpoint shows up in the WebUI's checkpoint list (never
+        loads a model)."""
 
     def lora_names(self, refresh: bool = False) -> list[str]:
         """The names (file stems) in the WebUI's Lora list; `refresh` rescans the folder first."""

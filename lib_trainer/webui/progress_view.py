@@ -13,6 +13,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ..jobs.records import ACTIVE, CANCELLED, DONE, FAILED, FINISHED, QUEUED, RESUMABLE, RUNNING, STOPPING
@@ -27,6 +28,8 @@ STATUS_LABELS = {
     RESUMABLE: "Stopped",
 }
 GPU_MODE_LABELS = {"exclusive": "Exclusive GPU", "shared": "Shared GPU"}
+# What a written model file is (job_outputs.LORA / CHECKPOINT): a full fine-tune's checkpoint is no LoRA.
+FILE_KIND_LABELS = {"lora": "LoRA", "checkpoint": "Checkpoint"}
 IDLE_TEXT = "No training job yet. Pick a dataset folder and press Start training."
 NO_QUEUE_TEXT = "No jobs waiting."
 NO_HISTORY_TEXT = "No finished jobs yet."
@@ -109,13 +112,17 @@ def status_badge(status: str | None) -> str:
     return f'<span class="lora-trainer-badge" data-status="{_esc(status)}">{_esc(label)}</span>'
 
 
-def _files_html(files: list[str] | None) -> str:
+def _files_html(files: list[str] | None, kinds: Mapping[str, str] | None = None) -> str:
+    """The files a job wrote, each model file labelled LoRA or Checkpoint when `kinds` ({path: kind}) says."""
     items = []
     for path in files or []:
         path = str(path)
         folder, name = os.path.split(path)
+        kind = (kinds or {}).get(path, "")
+        label = FILE_KIND_LABELS.get(kind)
+        head = f'<li data-kind="{_esc(kind)}"><span class="k">{label}</span> ' if label else "<li>"
         items.append(
-            f'<li><span class="lora-trainer-file" title="{_esc(folder)}" '
+            f'{head}<span class="lora-trainer-file" title="{_esc(folder)}" '
             f'data-lora-trainer-copy="{_esc(path)}">{_esc(name or path)}</span></li>'
         )
     return f'<ul class="lora-trainer-files">{"".join(items)}</ul>' if items else ""
@@ -125,7 +132,8 @@ def _files_html(files: list[str] | None) -> str:
 
 
 def render_progress_html(progress: dict | None, now: float | None = None) -> str:
-    """The running (or last selected) job: status, bar, step/epoch, loss, speed, ETA, messages, files."""
+    """The running (or last selected) job: status, bar, step/epoch, loss, speed, ETA, messages, files
+    (labelled by the progress dict's optional "file_kinds", {path: kind})."""
     if not progress:
         return f'<div class="lora-trainer-progress lora-trainer-idle" data-status="idle"><p>{IDLE_TEXT}</p></div>'
     p = progress
@@ -201,7 +209,7 @@ def render_progress_html(progress: dict | None, now: float | None = None) -> str
         parts.append('<div class="lora-trainer-output">')
         if p.get("output_name"):
             parts.append(_kv("Output name", _esc(p["output_name"]), "output-name"))
-        parts.append(_files_html(p.get("files")) + "</div>")
+        parts.append(_files_html(p.get("files"), p.get("file_kinds")) + "</div>")
     parts.append("</div>")
     return "".join(parts)
 
@@ -398,8 +406,14 @@ def render_queue_html(records: list | None, now: float | None = None) -> str:
     return f'<div class="lora-trainer-queue">{table}{empty}</div>'
 
 
-def render_history_html(records: list | None, limit: int = 20, now: float | None = None) -> str:
-    """Finished jobs, newest first: status, end time, duration, a short error, the files written."""
+def render_history_html(
+    records: list | None,
+    limit: int = 20,
+    now: float | None = None,
+    file_kinds: Mapping[str, str] | None = None,
+) -> str:
+    """Finished jobs, newest first: status, end time, duration, a short error, the files written (labelled
+    by `file_kinds`, {path: kind}, when given)."""
     done = [r for r in records or [] if _get(r, "status") in FINISHED]
     done.sort(
         key=lambda r: (_num(_get(r, "finished")) or _num(_get(r, "created")) or 0, _get(r, "id") or ""),
@@ -421,7 +435,7 @@ def render_history_html(records: list | None, limit: int = 20, now: float | None
         if error:
             short = error if len(error) <= 160 else error[:157].rstrip() + "…"
             details += f'<div class="lora-trainer-error-short" title="{_esc(error)}">{_esc(short)}</div>'
-        details += _files_html(_get(r, "files"))
+        details += _files_html(_get(r, "files"), file_kinds)
         rows.append(
             f'<tr data-job="{_esc(_get(r, "id"))}" data-status="{_esc(status)}">'
             f'<td class="lora-trainer-name">{_esc(_get(r, "name"))}</td><td>{status_badge(status)}</td>'

@@ -1,9 +1,10 @@
-"""The one place the tab (and later the REST API) go through to start and follow training jobs.
+"""The one place the tab and the REST API go through to start and follow training jobs.
 
 It turns what the user filled in into a complete job spec using what the host knows (the loaded checkpoint,
-its VAE and model type, the LoRA folder), picks a LoRA name that is free in the whole LoRA folder, decides
-the GPU handoff, and hands the job to the process-wide JobManager. One service per WebUI process: "Reload
-UI" gets the same one (and the same running jobs) back.
+its VAE and model type, the LoRA folder, and for a full fine-tune the checkpoint folder), picks a name that
+is free in the folder the job writes to, decides the GPU handoff, and hands the job to the process-wide
+JobManager. When files land it rescans the WebUI's Lora list or checkpoint list. One service per WebUI
+process: "Reload UI" gets the same one (and the same running jobs) back.
 """
 
 from __future__ import annotations
@@ -17,19 +18,34 @@ from pathlib import Path
 from typing import Any
 
 from ..export.lora_names import next_free_name
-from ..jobs import ACTIVE, QUEUED, JobHooks, JobManager, JobRecord, get_manager, make_trainer_command
+from ..jobs import (
+    ACTIVE,
+    QUEUED,
+    JobError,
+    JobHooks,
+    JobManager,
+    JobRecord,
+    get_manager,
+    make_trainer_command,
+)
 from ..jobs.process import TrainerCommand, trainer_python
 from ..jobs.records import DONE
 from ..spec import SpecError, spec_from_dict, spec_to_dict
+from ..spec.schema import FULL_FINETUNE
 from . import compare as grids
-from .handoff import AUTO, GpuHandoff, choose_gpu_mode, estimated_need_bytes
+from .handoff import AUTO, GIB, GpuHandoff, choose_gpu_mode, spec_need_bytes
 from .host_api import CURRENT, Host, ModelInfo
+from .job_outputs import CHECKPOINT, LORA, JobOutputs, free_checkpoint_name
 from .lora_tags import expand_num_values, missing_epochs_message
 from .presets import PresetStore
 
 log = logging.getLogger("lib_trainer.webui")
 
 DATA_SUBDIR = Path("outputs") / "lora-trainer"
+# The trainer warns above this learning rate for a full fine-tune (lib_trainer.train.finetune.HIGH_FULL_LR;
+# not imported: that module needs torch).
+HIGH_FULL_LR = 2e-5
+MANY_CHECKPOINTS = 3  # more files than this: tell the user how much disk a full fine-tune will take
 
 
 @dataclass
@@ -60,6 +76,52 @@ class CompareValueError(CompareError):
     """A value of the comparison (prompt, epochs, strengths, size ...) is wrong; the message names it."""
 
 
+class CompareUnsupported(CompareError):
+    """The job made no LoRA epochs to compare (a full fine-tune makes checkpoints)."""
+
+
+def taken_note(name: str, free: str, mode: str = "lora", extract_lora: bool = False) -> str:
+    """What the user is told when the asked-for name is taken and another one will be used."""
+    if mode != FULL_FINETUNE:
+        return f'A LoRA named "{name}" already exists; this one will be saved as "{free}".'
+    what = "A checkpoint or LoRA" if extract_lora else "A checkpoint"
+    return f'{what} named "{name}" already exists; this one will be saved as "{free}".'
+
+
+def _rate_note(spec: dict[str, Any]) -> str | None:
+    """A LoRA's learning rate burns a checkpoint: say so before the trainer warns (Prodigy sets its own)."""
+    training = spec["training"]
+    rates = [training["learning_rate"]]
+    if spec["network"]["train_text_encoder"] and training.get("text_encoder_lr"):
+        rates.append(training["text_encoder_lr"])
+    if max(rates) <= HIGH_FULL_LR or str(training["optimizer"]).lower().startswith("prodigy"):
+        return None
+    return (
+        f"The learning rate {max(rates):g} is high for a full fine-tune, which changes every weight of the "
+        "model; 1e-6 to 5e-6 is usual (Advanced settings, Optimizer & schedule)."
+    )
+
+
+def _disk_note(spec: dict[str, Any]) -> str | None:
+    """Every saved epoch of a full fine-tune is a whole model: warn when that adds up."""
+    every = spec["output"]["save_every_epochs"]
+    files = 1 + (spec["training"]["epochs"] // every if every else 0)
+    if files <= MANY_CHECKPOINTS:
+        return None
+    return (
+        f"It will save up to {files} checkpoints, each as big as the base model; set Save every N epochs "
+        "(Advanced settings, Saving) higher to keep fewer."
+    )
+
+
+def _positive(value: Any) -> bool:
+    """A spec value (not validated yet) that is a number above 0."""
+    try:
+        return float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
 class TrainerService:
     def __init__(self, host: Host, *, trainer_command: TrainerCommand | None = None, watch: bool = True):
         self.host = host
@@ -73,7 +135,8 @@ class TrainerService:
             after_reattach=self.handoff.after_reattach,
         )
         self.manager: JobManager = get_manager(self.root / "jobs", trainer_command=command, hooks=hooks)
-        self._refreshed_files: dict[str, int] = {}
+        self._refreshed_files: dict[str, dict[str, int]] = {}
+        self._outputs: dict[str, JobOutputs] = {}
         self._refresh_lock = threading.Lock()
         self._compare_lock = threading.Lock()
         if watch:
@@ -106,15 +169,39 @@ class TrainerService:
             r.output_name or r.name for r in self.manager.list() if r.status == QUEUED or r.status in ACTIVE
         ]
 
-    def free_name(self, name: str) -> str:
-        return next_free_name(self.host.lora_dir(), name, self.reserved_names())
+    def free_name(self, name: str, mode: str = "lora", extract_lora: bool = False) -> str:
+        """A name nothing of the job's kind uses yet: free in the whole LoRA folder for a LoRA; for a full
+        fine-tune free among the WebUI's checkpoints (and its LoRAs too when one will be extracted)."""
+        reserved = self.reserved_names()
+        if mode != FULL_FINETUNE:
+            return next_free_name(self.host.lora_dir(), name, reserved)
+        listed = [choice.path for choice in self.host.checkpoints()]
+        lora_dir = self.host.lora_dir() if extract_lora else None
+        return free_checkpoint_name(self.host.checkpoint_dir(), name, reserved, listed, lora_dir)
 
     def prepare_spec(self, spec_dict: dict[str, Any], checkpoint: str = CURRENT) -> tuple[dict, list[str]]:
         """A validated, complete job spec for the WebUI (model, VAE, output folder filled in) and notes for
         the user. Raises SpecError with field paths when something is wrong."""
         spec = copy.deepcopy(spec_dict)
         notes: list[str] = []
-        model = self.resolve_model(checkpoint)
+        self._set_model(spec, self.resolve_model(checkpoint))
+        mode = str(spec.get("mode") or "lora")
+        extract = mode == FULL_FINETUNE and _positive((spec.get("finetune") or {}).get("extract_lora_rank"))
+        self._set_output_dirs(spec, mode)
+        name = str(spec.get("name") or "").strip()
+        if name:
+            free = self.free_name(name, mode, extract)
+            if free != name:
+                notes.append(taken_note(name, free, mode, extract))
+            spec["name"] = free
+        resolved = spec_to_dict(spec_from_dict(spec))
+        if mode == FULL_FINETUNE:
+            notes += self._full_finetune_notes(resolved)
+        return resolved, notes
+
+    @staticmethod
+    def _set_model(spec: dict[str, Any], model: ModelInfo) -> None:
+        """The checkpoint, and what the host knows about it unless the spec says otherwise."""
         section = spec.setdefault("model", {})
         section["checkpoint"] = model.checkpoint
         if section.get("vae") in (CURRENT, None):  # "" keeps the spec's meaning: the checkpoint's own VAE
@@ -123,16 +210,40 @@ class TrainerService:
             section["model_type"] = model.model_type
         if model.prediction_type and not section.get("prediction_type"):
             section["prediction_type"] = model.prediction_type
+
+    def _set_output_dirs(self, spec: dict[str, Any], mode: str) -> None:
+        """LoRAs go to the LoRA folder, one folder per LoRA; a full fine-tune's checkpoints go straight into
+        the checkpoint folder (a subfolder would show up in their names in the WebUI's list), and the LoRA it
+        may extract into the LoRA folder."""
         output = spec.setdefault("output", {})
-        output["dir"] = str(self.host.lora_dir())
-        output["family_folder"] = True
-        name = str(spec.get("name") or "").strip()
-        if name:
-            free = self.free_name(name)
-            if free != name:
-                notes.append(f'A LoRA named "{name}" already exists; this one will be saved as "{free}".')
-            spec["name"] = free
-        return spec_to_dict(spec_from_dict(spec)), notes
+        if mode != FULL_FINETUNE:
+            output["dir"] = str(self.host.lora_dir())
+            output["family_folder"] = True
+            return
+        output["dir"] = str(self.host.checkpoint_dir())
+        output["family_folder"] = False
+        finetune = spec.get("finetune")
+        spec["finetune"] = {
+            **(finetune if isinstance(finetune, dict) else {}),
+            "lora_dir": str(self.host.lora_dir()),
+        }
+
+    def _full_finetune_notes(self, spec: dict[str, Any]) -> list[str]:
+        """What a full fine-tune asks of the user's machine, said before it starts."""
+        notes = [f"The checkpoint will be saved in {spec['output']['dir']} as {spec['name']}.safetensors."]
+        return notes + [n for n in (_rate_note(spec), _disk_note(spec), self._vram_note(spec)) if n]
+
+    def _vram_note(self, spec: dict[str, Any]) -> str | None:
+        """When the job will not fit the GPU at all (its total memory, not what is free now)."""
+        memory = self.host.gpu_memory()
+        need = spec_need_bytes(spec)
+        if memory is None or memory[1] >= need:
+            return None
+        return (
+            f"This full fine-tune needs about {need / GIB:.0f} GiB of GPU memory and the GPU has "
+            f"{memory[1] / GIB:.0f} GiB; turn on Gradient checkpointing, use the AdamW8bit optimizer and "
+            "batch size 1, or train a LoRA instead."
+        )
 
     def submit(
         self,
@@ -142,13 +253,12 @@ class TrainerService:
         compare_when_done: bool = False,
     ) -> Submitted:
         spec, notes = self.prepare_spec(spec_dict, checkpoint)
-        training = spec["training"]
-        need = estimated_need_bytes(
-            spec["model"].get("model_type"), training["batch_size"], training["gradient_checkpointing"]
-        )
-        mode, why = choose_gpu_mode(self.host, gpu_mode, need)
+        mode, why = choose_gpu_mode(self.host, gpu_mode, spec_need_bytes(spec))
         if gpu_mode == AUTO:
             notes.append(f"GPU sharing: {mode} ({why}).")
+        if compare_when_done and spec["mode"] == FULL_FINETUNE:
+            compare_when_done = False
+            notes.append("Compare epochs works on LoRA jobs, so no comparison grid is made for this one.")
         record = self.manager.submit(spec, gpu=self.host.trainer_gpu(), gpu_mode=mode)
         if compare_when_done:
             grids.write_settings(record.job_dir, compare_when_done=True)
@@ -156,17 +266,42 @@ class TrainerService:
 
     # ------------------------------------------------------------ after files land
 
-    def refresh_if_new_files(self, job_id: str, files: list[str]) -> bool:
-        """Rescan the WebUI's LoRA list when a job reported new LoRA files (epoch files land while it runs)."""
-        count = sum(1 for f in files if f.endswith(".safetensors"))
-        with self._refresh_lock:
-            if count <= self._refreshed_files.get(job_id, 0):
-                return False
-            self._refreshed_files[job_id] = count
+    def job_outputs(self, job_id: str) -> JobOutputs:
+        """What kind of files the job writes, from its job.json (read once: it never changes); a LoRA job
+        when the job or its file is not there (any .safetensors is then taken for a LoRA)."""
+        known = self._outputs.get(job_id)
+        if known is not None:
+            return known
         try:
-            self.host.refresh_loras()
+            record = self.manager.get(job_id)
+            spec = json.loads((Path(record.job_dir) / "job.json").read_text(encoding="utf-8"))
+        except (JobError, OSError, ValueError):
+            return JobOutputs()
+        outputs = JobOutputs.from_spec(spec if isinstance(spec, dict) else {})
+        self._outputs[job_id] = outputs
+        return outputs
+
+    def file_kinds(self, job_id: str, files: list[str]) -> dict[str, str]:
+        """{path: "lora" | "checkpoint" | "other"} for a job's files, so no checkpoint is called a LoRA."""
+        return self.job_outputs(job_id).kinds(files)
+
+    def refresh_if_new_files(self, job_id: str, files: list[str]) -> bool:
+        """Rescan the WebUI's LoRA list when a job reported new LoRA files (epoch files land while it runs)
+        and its checkpoint list when a full fine-tune reported new checkpoints."""
+        counts = self.job_outputs(job_id).count(files)
+        with self._refresh_lock:
+            seen = self._refreshed_files.setdefault(job_id, {})
+            grown = [kind for kind, count in counts.items() if count > seen.get(kind, 0)]
+            seen.update({kind: counts[kind] for kind in grown})
+        refreshed = [self._refresh_list(kind) for kind in grown]
+        return any(refreshed)
+
+    def _refresh_list(self, kind: str) -> bool:
+        refresh = {LORA: self.host.refresh_loras, CHECKPOINT: self.host.refresh_checkpoints}[kind]
+        try:
+            refresh()
         except Exception:  # noqa: BLE001 - a failed rescan must not break progress updates
-            log.exception("could not refresh the WebUI's LoRA list")
+            log.exception("could not refresh the WebUI's %s list", kind)
             return False
         return True
 
@@ -176,7 +311,12 @@ class TrainerService:
         finally:
             self.refresh_if_new_files(record.id, record.files)
         settings = grids.read_settings(record.job_dir)
-        if record.status == DONE and settings.get("compare_when_done") and "auto_compare" not in settings:
+        if (
+            record.status == DONE
+            and settings.get("compare_when_done")
+            and "auto_compare" not in settings
+            and not self.job_outputs(record.id).full
+        ):
             grids.write_settings(record.job_dir, auto_compare={"status": "waiting"})
             threading.Thread(
                 target=self._auto_compare, args=(record.id,), name="lora-trainer-compare", daemon=True
@@ -195,8 +335,24 @@ class TrainerService:
     def compare_request(self, job_id: str) -> grids.CompareRequest:
         """The default grid of a job: its sample prompt (or trigger word), saved epochs, strengths 0.4-1."""
         record = self.manager.get(job_id)
+        self._refuse_full_finetune(record)
         family = record.output_name or record.name
         return grids.default_request(self._job_spec(record), family, record.files)
+
+    def _refuse_full_finetune(self, record: JobRecord) -> None:
+        """Compare epochs swaps LoRA epoch files in a prompt: a full fine-tune has checkpoints instead."""
+        outputs = self.job_outputs(record.id)
+        if not outputs.full:
+            return
+        family = record.output_name or record.name
+        final = next(
+            (Path(f).name for f in record.files if outputs.kind(f) == CHECKPOINT and Path(f).stem == family),
+            f"{family}.safetensors",
+        )
+        raise CompareUnsupported(
+            f'Compare epochs works on LoRA jobs. "{family}" is a full fine-tune: pick its checkpoint {final} '
+            "in the WebUI's checkpoint list to try it."
+        )
 
     def compare(
         self, job_id: str, request: grids.CompareRequest | None = None, *, wait: bool = False
@@ -204,6 +360,7 @@ class TrainerService:
         """Make the grid with the WebUI's txt2img and keep it in the job's folder. Refuses (unless `wait`)
         while an exclusive training run holds the GPU, and runs one comparison at a time."""
         record = self.manager.get(job_id)
+        self._refuse_full_finetune(record)
         family = record.output_name or record.name
         if record.is_active or record.status == QUEUED:
             raise CompareError(f'"{family}" is still training; compare its epochs when it has finished.')

@@ -1,4 +1,4 @@
-"""What the Train LoRA tab does, without gradio: every button and poll of the tab is a method here that
+"""What the Train LoRA/DreamBooth tab does, without gradio: every button and poll of the tab is a method here that
 takes plain values and returns plain values (HTML strings, lists). `ui.py` only wires these to components,
 so the tab's behaviour is tested without a browser or a WebUI.
 """
@@ -14,6 +14,7 @@ from typing import Any
 
 from ..jobs import JobError
 from ..spec import SpecError, default_spec_dict
+from ..spec.schema import FULL_FINETUNE
 from . import compare as grids
 from . import form_fields, progress_view
 from .dataset_summary import render_summary_html, summarize_spec_dataset
@@ -21,7 +22,7 @@ from .handoff import AUTO
 from .host_api import CURRENT
 from .install_status import InstallStatus
 from .presets import Preset, apply_preset
-from .service import CompareError, TrainerService
+from .service import CompareError, TrainerService, taken_note
 
 log = logging.getLogger("lib_trainer.webui")
 
@@ -33,6 +34,10 @@ TAB_LABELS = {
     "model.checkpoint": "Base model",
     "output.dir": "LoRA folder",
 }
+# The name box's label by training type: a full fine-tune names a checkpoint.
+NAME_LABELS = {"lora": "LoRA name", "dreambooth-lora": "LoRA name", FULL_FINETUNE: "Checkpoint name"}
+DREAMBOOTH_TAB = "DreamBooth"  # form_fields groups shown when the training type is picked
+FULL_FINETUNE_TAB = "Full fine-tune"
 
 
 @dataclass
@@ -63,6 +68,18 @@ class CompareFields:
 
 
 @dataclass
+class ModeView:
+    """How the main view follows the training type: the class prompt shows for the DreamBooth types, the
+    full fine-tune has no epochs to compare, and its settings are one click away."""
+
+    dreambooth: bool  # show the class prompt
+    full: bool  # a full fine-tune: hide "Compare epochs when done"
+    name_label: str
+    advanced_tab: str | None  # the Advanced settings tab to open; None = leave the section as it is
+    note: str  # message HTML; "" = leave the message as it is
+
+
+@dataclass
 class PollView:
     job_choices: list[str]  # job ids (readable: time and name) - gradio 3.41 dropdowns take plain strings
     selected: str | None
@@ -73,6 +90,14 @@ class PollView:
     queue_html: str
     history_html: str
     active: bool  # a job is queued or running (the browser polls faster)
+
+
+def _number(value: Any) -> float:
+    """A form value as a number (0 for empty or unreadable text)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _box(kind: str, lines: list[str]) -> str:
@@ -146,13 +171,16 @@ class TabController:
         except (KeyError, SpecError) as exc:
             return list(values), self._error_html(exc)
         # A preset is applied to the defaults, not on top of the previous preset, so picking it always gives
-        # the same settings; only what describes this run's content (sample prompts, VAE, the training type
-        # and its DreamBooth prompts and class folder) is kept.
+        # the same settings; only what describes this run's content (sample prompts, VAE, its DreamBooth
+        # prompts and class folder) is kept, and the training type and full fine-tune settings unless the
+        # preset sets them (then the Training type switch follows the preset).
         merged = apply_preset(default_spec_dict(), preset)
         merged["model"]["vae"] = spec["model"].get("vae", CURRENT)
         merged["samples"]["prompts"] = spec["samples"].get("prompts", [])
-        merged["mode"] = spec.get("mode", merged.get("mode"))
+        if "mode" not in preset.spec:
+            merged["mode"] = spec.get("mode", merged.get("mode"))
         merged["dreambooth"] = {**merged.get("dreambooth", {}), **spec.get("dreambooth", {})}
+        merged["finetune"] = {**spec.get("finetune", {}), **preset.spec.get("finetune", {})}
         note = f'Preset "{preset.title}" applied.'
         return form_fields.values_from_spec(merged), _box(
             "info", [note, preset.description] if preset.description else [note]
@@ -199,14 +227,40 @@ class TabController:
         summary = summarize_spec_dataset(spec, model_type)
         return render_summary_html(summary)
 
-    def name_hint(self, name: str) -> str:
+    def name_hint(self, name: str, mode: str = "lora", extract_rank: Any = 0) -> str:
+        """A note when the name is taken (among LoRAs, or checkpoints for a full fine-tune)."""
         name = (name or "").strip()
         if not name:
             return ""
-        free = self.service.free_name(name)
+        extract = mode == FULL_FINETUNE and _number(extract_rank) > 0
+        free = self.service.free_name(name, mode or "lora", extract)
         if free == name:
             return ""
-        return _box("info", [f'A LoRA named "{name}" already exists; this one will be saved as "{free}".'])
+        return _box("info", [taken_note(name, free, mode, extract)])
+
+    def mode_view(self, mode: str) -> ModeView:
+        """What changes in the tab when the training type changes."""
+        if mode == FULL_FINETUNE:
+            note = _box(
+                "info",
+                [
+                    "Full fine-tune: the whole model is trained and saved as a new checkpoint in "
+                    f"{self.host.checkpoint_dir()}, listed with the WebUI's checkpoints when it is done. "
+                    "It needs much more VRAM than a LoRA and a learning rate around 1e-6 to 5e-6 (Advanced "
+                    "settings, Optimizer & schedule). Fill in Class prompt, or set Prior loss weight to 0.",
+                ],
+            )
+            return ModeView(True, True, NAME_LABELS[FULL_FINETUNE], FULL_FINETUNE_TAB, note)
+        if mode == "dreambooth-lora":
+            note = _box(
+                "info",
+                [
+                    "DreamBooth LoRA: fill in Class prompt (what your subject is, e.g. a photo of a dog); "
+                    "class images are made with the base model before training starts."
+                ],
+            )
+            return ModeView(True, False, NAME_LABELS[mode], DREAMBOOTH_TAB, note)
+        return ModeView(False, False, NAME_LABELS["lora"], None, "")
 
     def start(self, tab: TabValues, values: list[Any]) -> tuple[str, str | None]:
         """(message HTML, id of the new job or None)."""
@@ -219,7 +273,8 @@ class TabController:
                 spec,
                 checkpoint=checkpoint,
                 gpu_mode=tab.gpu_mode or AUTO,
-                compare_when_done=bool(tab.compare_when_done),
+                # hidden for a full fine-tune, but it may still hold a tick from before the switch
+                compare_when_done=bool(tab.compare_when_done) and spec.get("mode") != FULL_FINETUNE,
             )
         except SpecError as exc:
             return self._error_html(exc), None
@@ -280,6 +335,7 @@ class TabController:
                 progress = None
         if progress is not None:
             self.service.refresh_if_new_files(job_id, progress.get("files") or [])
+            progress["file_kinds"] = self.service.file_kinds(job_id, progress.get("files") or [])
         active = any(r.status in ("queued", "running", "stopping") for r in records)
         return PollView(
             job_choices=[r.id for r in records],
@@ -289,9 +345,16 @@ class TabController:
             gallery=progress_view.gallery_items(progress),
             log_html=progress_view.render_log_html(progress.get("log_tail") if progress else []),
             queue_html=progress_view.render_queue_html(records),
-            history_html=progress_view.render_history_html(records),
+            history_html=progress_view.render_history_html(records, file_kinds=self._file_kinds(records)),
             active=active,
         )
+
+    def _file_kinds(self, records: list) -> dict[str, str]:
+        """{path: kind} over the listed jobs' files, so the history labels checkpoints and LoRAs."""
+        kinds: dict[str, str] = {}
+        for record in records:
+            kinds.update(self.service.file_kinds(record.id, record.files))
+        return kinds
 
     def act(self, action: str, job_id: str | None) -> str:
         """Cancel / resume / remove / move a job; returns a message box."""
@@ -311,8 +374,9 @@ class TabController:
                 manager.resume(job_id)
                 text = f'"{record.name}" will continue from its last saved state.'
             elif action == "remove":
+                what = "checkpoint" if self.service.job_outputs(job_id).full else "LoRA"
                 manager.remove(job_id)
-                text = f'"{record.name}" was removed from the list (its LoRA files stay).'
+                text = f'"{record.name}" was removed from the list (its {what} files stay).'
             elif action in ("up", "down"):
                 if record.position is None:
                     return _box("problems", ["Only waiting jobs can be moved."])

@@ -15,7 +15,7 @@ import gradio as gr
 
 from . import form_fields
 from .handoff import AUTO, EXCLUSIVE, SHARED
-from .tab_controller import CURRENT_LABEL, CompareFields, TabController, TabValues
+from .tab_controller import CURRENT_LABEL, CompareFields, ModeView, TabController, TabValues
 
 TAB_TITLE = "Train LoRA/DreamBooth"
 TAB_ID = "lora_trainer"
@@ -32,7 +32,8 @@ QUIET = {"queue": False, "show_progress": "hidden"}  # polls must not wait in th
 TOOLTIPS = {
     "dataset": "The folder with your training images. Captions are .txt files with the same name as the image. "
     "Subfolders named like 10_mychar repeat their images 10 times per epoch (kohya layout).",
-    "name": "The file name of the LoRA. If the name is taken, the next free one (name_2, ...) is used.",
+    "name": "The file name of the LoRA (for a full fine-tune: of the new checkpoint). If the name is taken, the "
+    "next free one (name_2, ...) is used.",
     "trigger": "A word the LoRA learns to respond to; it is saved as the LoRA's activation text.",
     "preset": "Ready-made settings for common cards. Picking one changes the Advanced settings.",
     "checkpoint": "The model to train on. By default the one loaded in the WebUI right now.",
@@ -58,10 +59,13 @@ class TabComponents:
     tooltips: dict[str, str] = field(default_factory=dict)  # elem_id -> tooltip given
 
 
-def _field_component(spec: form_fields.FieldSpec, value: Any) -> Any:
-    common = {"label": spec.label, "elem_id": spec.elem_id, "tooltip": spec.tooltip}
+def _field_component(spec: form_fields.FieldSpec, value: Any, visible: bool = True) -> Any:
+    common = {"label": spec.label, "elem_id": spec.elem_id, "tooltip": spec.tooltip, "visible": visible}
     if spec.kind == "checkbox":
         return gr.Checkbox(value=bool(value), **common)
+    if spec.kind == "radio":  # (shown label, spec value) pairs: the handlers get the spec value
+        choices = list(zip(spec.choice_labels or spec.choices or (), spec.choices or (), strict=True))
+        return gr.Radio(choices=choices, value=value, **common)
     if spec.kind == "dropdown":
         return gr.Dropdown(choices=list(spec.choices or ()), value=value, **common)
     if spec.kind == "slider":
@@ -136,12 +140,38 @@ def _compare_updates(fields: CompareFields) -> tuple:
     )
 
 
+def _tab_id(group: str) -> str:
+    """The id of an Advanced settings tab, so the training type switch can select it."""
+    return "lora_trainer_tab_" + "".join(c if c.isalnum() else "_" for c in group.lower())
+
+
+def _mode_updates(view: ModeView) -> tuple:
+    """Class prompt, Compare epochs when done, name box, Advanced section, its tabs, message."""
+    return (
+        gr.update(visible=view.dreambooth),
+        gr.update(visible=not view.full),
+        gr.update(label=view.name_label),
+        gr.update(open=True) if view.advanced_tab else gr.update(),
+        gr.update(selected=_tab_id(view.advanced_tab)) if view.advanced_tab else gr.update(),
+        view.note or gr.update(),
+    )
+
+
 def build_tab(controller: TabController) -> TabComponents:
     values = controller.initial_values()
+    index = {spec.path: i for i, spec in enumerate(form_fields.FIELDS)}
+    start_view = controller.mode_view(values[index["mode"]])
     out = TabComponents(blocks=None)
 
     def named(key: str, component: Any) -> Any:
         out.named[key] = component
+        return component
+
+    def field(path: str, visible: bool = True) -> Any:
+        spec = form_fields.field_by_path(path)
+        component = _field_component(spec, values[index[path]], visible)
+        out.fields[path] = component
+        out.tooltips[spec.elem_id] = spec.tooltip
         return component
 
     with gr.Blocks(analytics_enabled=False) as blocks:
@@ -164,6 +194,7 @@ def build_tab(controller: TabController) -> TabComponents:
                         "refresh_models", gr.Button("Refresh list", elem_id="lora_trainer_checkpoint_refresh")
                     )
                 model_html = named("model", gr.HTML(controller.model_html(), elem_id="lora_trainer_model"))
+                mode = field("mode")
                 dataset = named(
                     "dataset",
                     gr.Textbox(
@@ -177,7 +208,9 @@ def build_tab(controller: TabController) -> TabComponents:
                 with gr.Row():
                     name = named(
                         "name",
-                        gr.Textbox(label="LoRA name", elem_id="lora_trainer_name", tooltip=TOOLTIPS["name"]),
+                        gr.Textbox(
+                            label=start_view.name_label, elem_id="lora_trainer_name", tooltip=TOOLTIPS["name"]
+                        ),
                     )
                     trigger = named(
                         "trigger",
@@ -185,6 +218,7 @@ def build_tab(controller: TabController) -> TabComponents:
                             label="Trigger word", elem_id="lora_trainer_trigger", tooltip=TOOLTIPS["trigger"]
                         ),
                     )
+                class_prompt = field("dreambooth.class_prompt", visible=start_view.dreambooth)
                 with gr.Row():
                     preset = named(
                         "preset",
@@ -215,20 +249,22 @@ def build_tab(controller: TabController) -> TabComponents:
                         gr.Checkbox(
                             label="Compare epochs when done",
                             value=False,
+                            visible=not start_view.full,
                             elem_id="lora_trainer_compare_when_done",
                             tooltip=TOOLTIPS["compare_when_done"],
                         ),
                     )
                 message = named("message", gr.HTML("", elem_id="lora_trainer_message"))
-                with gr.Accordion("Advanced settings", open=False, elem_id="lora_trainer_advanced"):
-                    index = {spec.path: i for i, spec in enumerate(form_fields.FIELDS)}
-                    with gr.Tabs():
+                with gr.Accordion(
+                    "Advanced settings", open=False, elem_id="lora_trainer_advanced"
+                ) as advanced:
+                    named("advanced", advanced)
+                    with gr.Tabs(elem_id="lora_trainer_advanced_tabs") as advanced_tabs:
+                        named("advanced_tabs", advanced_tabs)
                         for group, specs in form_fields.groups():
-                            with gr.Tab(group):
+                            with gr.Tab(group, id=_tab_id(group)):
                                 for spec in specs:
-                                    component = _field_component(spec, values[index[spec.path]])
-                                    out.fields[spec.path] = component
-                                    out.tooltips[spec.elem_id] = spec.tooltip
+                                    field(spec.path)
                     with gr.Row():
                         preset_title = named(
                             "preset_title",
@@ -353,7 +389,22 @@ def build_tab(controller: TabController) -> TabComponents:
         for event in (dataset.blur, dataset.submit, trigger.blur):
             event(on_dataset, inputs=tab_inputs + field_components, outputs=[summary], queue=False)
 
-        name.blur(controller.name_hint, inputs=[name], outputs=[message], queue=False)
+        name.blur(
+            controller.name_hint,
+            inputs=[name, mode, out.fields["finetune.extract_lora_rank"]],
+            outputs=[message],
+            queue=False,
+        )
+
+        def on_mode(mode_value: str):
+            return _mode_updates(controller.mode_view(mode_value))
+
+        mode.change(
+            on_mode,
+            inputs=[mode],
+            outputs=[class_prompt, compare_when_done, name, advanced, advanced_tabs, message],
+            queue=False,
+        )
         checkpoint.change(controller.model_html, inputs=[checkpoint], outputs=[model_html], queue=False)
         refresh_models.click(
             lambda: gr.update(choices=controller.checkpoint_choices()), outputs=[checkpoint], queue=False

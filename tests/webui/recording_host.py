@@ -44,6 +44,9 @@ class RecordingHost:
     def lora_dir(self):
         return self.root / "models" / "Lora"
 
+    def checkpoint_dir(self):
+        return self.root / "models" / "Stable-diffusion"
+
     def data_dir(self):
         return self.root
 
@@ -72,6 +75,9 @@ class RecordingHost:
 
     def refresh_loras(self):
         self.calls.append("refresh")
+
+    def refresh_checkpoints(self):
+        self.calls.append("refresh_checkpoints")
 
     def lora_names(self, refresh=False):
         return sorted(p.stem for p in self.lora_dir().rglob("*.safetensors"))

@@ -88,6 +88,8 @@ def test_info(world):
     assert info["version"] and info["trainer"]["ok"] is True
     assert info["model"]["title"] == "base.safetensors [abc]" and info["model"]["model_type"] == "sd2-v"
     assert info["lora_dir"] == str(world.host.lora_dir())
+    assert info["checkpoint_dir"] == str(world.host.checkpoint_dir())
+    assert info["modes"] == ["lora", "dreambooth-lora", "dreambooth"]
     assert any(p["builtin"] for p in info["presets"]) and info["datasets_dir"].endswith("datasets")
 
 
@@ -359,4 +361,55 @@ def test_dreambooth_lora_jobs_through_the_api(world):
     assert report["ok"] and report["spec"]["mode"] == "dreambooth-lora"
     assert report["spec"]["dreambooth"]["prior"] == "lora-off"
     full = world.client.post(f"{P}/jobs", json=world.spec(mode="dreambooth"))
-    assert full.status_code == 422 and "not available yet" in full.json()["fields"][0]["message"]
+    assert full.status_code == 422 and full.json()["fields"][0]["field"] == "dreambooth.class_prompt"
+
+
+def test_full_finetune_jobs_through_the_api(world):
+    body = world.spec(
+        "hero",
+        mode="dreambooth",
+        dreambooth={"class_prompt": "a photo of a man"},
+        finetune={"extract_lora_rank": 8},
+        training={"learning_rate": 2e-6, "epochs": 2},
+    )
+    report = world.client.post(f"{P}/check", json=body).json()
+    assert report["ok"] and report["spec"]["mode"] == "dreambooth"
+    assert report["spec"]["output"]["dir"] == str(world.host.checkpoint_dir())
+    assert report["spec"]["output"]["family_folder"] is False
+    assert report["spec"]["finetune"] == {
+        "ema": False,
+        "ema_decay": 0.9999,
+        "extract_lora_rank": 8,
+        "lora_dir": str(world.host.lora_dir()),
+    }
+    submitted = world.client.post(f"{P}/jobs", json={**body, "compare_when_done": True})
+    assert submitted.status_code == 201, submitted.text
+    job = submitted.json()
+    assert any("Compare epochs works on LoRA jobs" in note for note in job["notes"])
+    world.finish(job["id"])
+    view = world.client.get(f"{P}/jobs/{job['id']}").json()
+    checkpoint = str(world.host.checkpoint_dir() / "hero.safetensors")
+    lora = str(world.host.lora_dir() / "hero.safetensors")
+    assert view["training_type"] == "dreambooth"
+    assert (view["checkpoint_files"], view["lora_files"], view["files"]) == (
+        [checkpoint],
+        [lora],
+        [checkpoint, lora],
+    )
+    assert "refresh_checkpoints" in world.host.calls and "refresh" in world.host.calls
+    compare = world.client.post(f"{P}/jobs/{job['id']}/compare", json={})
+    assert compare.status_code == 422
+    assert compare.json()["error"] == (
+        'Compare epochs works on LoRA jobs. "hero" is a full fine-tune: pick its checkpoint hero.safetensors '
+        "in the WebUI's checkpoint list to try it."
+    )
+    removed = world.client.delete(f"{P}/jobs/{job['id']}").json()
+    assert "its checkpoint files stay" in removed["message"]
+
+
+def test_lora_jobs_list_their_lora_files(world):
+    job = world.client.post(f"{P}/jobs", json=world.spec()).json()["id"]
+    world.finish(job)
+    view = world.client.get(f"{P}/jobs/{job}").json()
+    assert view["training_type"] == "lora" and view["checkpoint_files"] == []
+    assert view["lora_files"] == view["files"] == [str(world.host.lora_dir() / "hero" / "hero.safetensors")]

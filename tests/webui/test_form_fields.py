@@ -18,9 +18,11 @@ from lib_trainer.webui.form_fields import (
     FIELDS,
     GROUPS,
     KINDS,
+    MAIN_VIEW,
     TAB_FIELDS,
     field_by_path,
     groups,
+    main_view_fields,
     spec_from_values,
     values_from_spec,
 )
@@ -90,16 +92,9 @@ def _normal(spec: dict) -> dict:
     return spec_to_dict(spec_from_dict(spec))
 
 
-@pytest.fixture()
-def dreambooth_modes(monkeypatch):
-    """The DreamBooth modes made available, as they will be once the trainer runs them: dreambooth.prior
-    "lora-off" is only valid with mode "dreambooth-lora"."""
-    monkeypatch.setattr(schema, "AVAILABLE_MODES", schema.MODES)
-
-
 def _changed(base: dict, tmp_path: Path) -> dict:
-    """A spec with every Advanced field away from its default (mode's dropdown has only one value, so mode
-    is set here and not checked; it needs the dreambooth_modes fixture)."""
+    """A spec with every form field away from its default (dreambooth.prior "lora-off" is only valid with
+    mode "dreambooth-lora"; the finetune section is not read by that mode, so any valid value will do)."""
     spec = _normal(base)
     spec["mode"] = "dreambooth-lora"
     spec["model"].update(
@@ -177,6 +172,7 @@ def _changed(base: dict, tmp_path: Path) -> dict:
         class_steps=25,
         class_cfg_scale=6.5,
     )
+    spec["finetune"].update(ema=True, ema_decay=0.999, extract_lora_rank=64)
     return _normal(spec)
 
 
@@ -195,6 +191,7 @@ def test_every_spec_field_is_in_the_form_or_set_by_the_tab():
         "model.checkpoint",
         "output.dir",
         "output.family_folder",
+        "finetune.lora_dir",
     } == TAB_FIELDS
 
 
@@ -209,16 +206,23 @@ def test_table_is_well_formed():
         assert spec.kind in KINDS
         assert spec.label.strip() and spec.tooltip.strip(), spec.path
         assert spec.label == spec.label.strip() and len(spec.label) <= 50, spec.path
-        assert (spec.choices is not None) == (spec.kind == "dropdown"), spec.path
+        assert (spec.choices is not None) == (spec.kind in ("dropdown", "radio")), spec.path
+        assert (spec.choice_labels is not None) == (spec.kind == "radio"), spec.path
+        if spec.choice_labels:
+            assert len(spec.choice_labels) == len(spec.choices) == len(set(spec.choice_labels)), spec.path
         if spec.kind == "slider":
             assert None not in (spec.minimum, spec.maximum, spec.step), spec.path
             assert not spec.nullable, "a slider cannot be left empty"
-        if spec.kind in ("checkbox", "dropdown", "text", "textarea"):
+        if spec.kind in ("checkbox", "dropdown", "radio", "text", "textarea"):
             assert spec.minimum is None and spec.maximum is None, spec.path
         if spec.nullable and spec.kind != "dropdown":
             assert "empty" in (spec.tooltip + spec.placeholder).lower(), f"{spec.path}: say what empty means"
-    assert [g for g, _ in groups()] == [g for g in GROUPS if any(s.group == g for s in FIELDS)]
-    assert [s for _, specs in groups() for s in specs] == sorted(FIELDS, key=lambda s: GROUPS.index(s.group))
+    advanced = [s for s in FIELDS if s.path not in MAIN_VIEW]
+    assert [g for g, _ in groups()] == [g for g in GROUPS if any(s.group == g for s in advanced)]
+    assert [s for _, specs in groups() for s in specs] == sorted(
+        advanced, key=lambda s: GROUPS.index(s.group)
+    )
+    assert [s.path for s in main_view_fields()] == list(MAIN_VIEW)
     for path in BASIC_PATHS:
         assert field_by_path(path).path == path
     with pytest.raises(KeyError):
@@ -226,7 +230,7 @@ def test_table_is_well_formed():
 
 
 def test_dropdown_choices_are_the_schemas():
-    dropdowns = {spec.path: spec for spec in FIELDS if spec.kind == "dropdown"}
+    dropdowns = {spec.path: spec for spec in FIELDS if spec.kind in ("dropdown", "radio")}
     assert set(dropdowns) == set(SCHEMA_CHOICES)
     for path, spec in dropdowns.items():
         nullable = LEAVES[path].default is None
@@ -287,6 +291,39 @@ def test_ui_extremes_pass_the_whole_spec_check(base):
             spec_from_dict(spec_from_values(base, values))
 
 
+def test_training_type_is_one_main_view_radio_with_plain_labels():
+    mode = field_by_path("mode")
+    assert mode.kind == "radio" and mode.choices == schema.AVAILABLE_MODES == (
+        "lora",
+        "dreambooth-lora",
+        "dreambooth",
+    )
+    assert mode.choice_labels == (
+        "LoRA",
+        "DreamBooth LoRA",
+        "DreamBooth (full fine-tune, saves a checkpoint)",
+    )
+    assert "checkpoint" in mode.tooltip and "Class prompt" in mode.tooltip
+    advanced = [s.path for _, specs in groups() for s in specs]
+    assert "mode" not in advanced and "dreambooth.class_prompt" not in advanced  # one component each
+    assert MAIN_VIEW == ("mode", "dreambooth.class_prompt")
+
+
+def test_full_finetune_group():
+    group = dict(groups())["Full fine-tune"]
+    assert [s.path for s in group] == ["finetune.ema", "finetune.ema_decay", "finetune.extract_lora_rank"]
+    assert all("Full fine-tune" in s.tooltip for s in group)
+    assert "finetune.lora_dir" in TAB_FIELDS  # the service sets it to the WebUI's LoRA folder
+
+
+def test_a_shown_mode_label_is_read_as_its_value(base):
+    values = values_from_spec({**base, "mode": "dreambooth"})
+    at = FIELDS.index(field_by_path("mode"))
+    assert values[at] == "dreambooth"  # the radio's value is the spec value; the label is only shown
+    values[at] = "DreamBooth LoRA"
+    assert spec_from_values(base, values)["mode"] == "dreambooth-lora"
+
+
 # ---------------------------------------------------------------- round trips
 
 
@@ -300,12 +337,10 @@ def test_round_trip_of_the_defaults(base):
     assert values_from_spec(partial) == values
 
 
-def test_round_trip_of_a_spec_with_every_field_changed(base, tmp_path, dreambooth_modes):
+def test_round_trip_of_a_spec_with_every_field_changed(base, tmp_path):
     changed = _changed(base, tmp_path)
     defaults = _normal(base)
     for spec in FIELDS:
-        if spec.path == "mode":
-            continue
         found, value = ff._get(changed, spec.path)
         assert found and value != ff._get(defaults, spec.path)[1], f"{spec.path} is not changed by the test"
     values = values_from_spec(changed)
@@ -364,7 +399,7 @@ def test_values_as_gradio_returns_them(base):
     assert [p for p, _ in err.value.errors] == ["samples.prompts[1].prompt"]
 
 
-def test_base_is_not_modified_and_missing_sections_are_created(base, dreambooth_modes):
+def test_base_is_not_modified_and_missing_sections_are_created(base):
     before = _normal(base)
     values = values_from_spec(_changed(base, Path("/tmp")))
     spec_from_values(base, values)

@@ -20,7 +20,7 @@ from recording_host import RecordingHost
 
 from lib_trainer.webui import form_fields, progress_view
 from lib_trainer.webui.service import TrainerService
-from lib_trainer.webui.tab_controller import TabController
+from lib_trainer.webui.tab_controller import NAME_LABELS, TabController
 from lib_trainer.webui.ui import TAB_TITLE, TOOLTIPS, build_tab
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +63,8 @@ def _fixed_html_strings(controller: TabController) -> set[str]:
             "started": now,
             "finished": now + 5,
             "mode": "exclusive",
-            "files": ["a.safetensors"],
+            "files": ["a.safetensors", "b.safetensors"],
+            "file_kinds": {"a.safetensors": "lora", "b.safetensors": "checkpoint"},
             "error": "boom" if status == "failed" else None,
         }
         records.append(record)
@@ -86,7 +87,8 @@ def _fixed_html_strings(controller: TabController) -> set[str]:
         }
         parser.feed(progress_view.render_progress_html(progress, now=now))
     parser.feed(progress_view.render_queue_html(records, now=now))
-    parser.feed(progress_view.render_history_html(records, now=now))
+    kinds = {"a.safetensors": "lora", "b.safetensors": "checkpoint"}
+    parser.feed(progress_view.render_history_html(records, now=now, file_kinds=kinds))
     parser.feed(progress_view.render_loss_chart_svg([[1, 0.5, 0.5], [2, 0.4, 0.45]]))
     parser.feed(controller.model_html())
     return parser.found
@@ -105,7 +107,10 @@ def ui_strings(tmp_path: Path) -> set[str]:
                 strings.add(config[key])
         if type(block).__name__ == "Button":
             strings.add(config["value"])
+        if type(block).__name__ == "Radio":  # (shown label, value) pairs: the labels are translated
+            strings.update(label for label, _value in config["choices"])
     strings.update(form_fields.GROUPS)
+    strings.update(NAME_LABELS.values())  # the name box's label follows the training type
     strings.update(progress_view.STATUS_LABELS.values())
     strings.update(progress_view.GPU_MODE_LABELS.values())
     strings.update(getattr(progress_view, name) for name in dir(progress_view) if name.endswith("_TEXT"))

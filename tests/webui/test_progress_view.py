@@ -338,6 +338,32 @@ def test_history_newest_first_with_errors_files_and_resumable():
     assert pv.render_history_html([r.to_dict() for r in records]).count("data-job=") == 3  # dicts work too
 
 
+def test_checkpoints_and_loras_are_labelled_as_what_they_are():
+    """A full fine-tune's model file is a checkpoint, never called a LoRA; other files get no label."""
+    files = ["/sd/hero-000001.safetensors", "/sd/hero.safetensors", "/lora/hero.safetensors", "/sd/hero.png"]
+    kinds = {files[0]: "checkpoint", files[1]: "checkpoint", files[2]: "lora", files[3]: "other"}
+    progress = {
+        "id": "j",
+        "name": "hero",
+        "status": DONE,
+        "output_name": "hero",
+        "files": files,
+        "file_kinds": kinds,
+    }
+    items = xml(pv.render_progress_html(progress)).findall(".//ul[@class='lora-trainer-files']/li")
+    labels = [(li.get("data-kind"), li.find("span[@class='k']")) for li in items]
+    assert [(kind, k.text if k is not None else None) for kind, k in labels] == [
+        ("checkpoint", "Checkpoint"),
+        ("checkpoint", "Checkpoint"),
+        ("lora", "LoRA"),
+        (None, None),
+    ]
+    history = xml(pv.render_history_html([record("j", DONE, files=files)], file_kinds=kinds))
+    assert [k.text for k in history.findall(".//li/span[@class='k']")] == ["Checkpoint", "Checkpoint", "LoRA"]
+    plain = xml(pv.render_history_html([record("j", DONE, files=files)]))  # no kinds known: no labels
+    assert plain.findall(".//li/span[@class='k']") == []
+
+
 def test_gallery_existing_files_newest_first(tmp_path):
     paths = [tmp_path / f"mychar_e{e:06d}_{i:02d}.png" for e in (1, 2, 3) for i in (0, 1)]
     for path in paths:

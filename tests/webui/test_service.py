@@ -17,9 +17,18 @@ from recording_host import GIB, RecordingHost
 from lib_trainer.jobs import DONE, FAILED, RUNNING, JobManager
 from lib_trainer.spec import SpecError
 from lib_trainer.webui.compare import CompareRequest, latest_grid, read_settings
-from lib_trainer.webui.handoff import EXCLUSIVE, SHARED, GpuHandoff, choose_gpu_mode, estimated_need_bytes
+from lib_trainer.webui.handoff import (
+    EXCLUSIVE,
+    SHARED,
+    FullFineTune,
+    GpuHandoff,
+    choose_gpu_mode,
+    estimated_full_need_bytes,
+    estimated_need_bytes,
+    spec_need_bytes,
+)
 from lib_trainer.webui.host_api import Host
-from lib_trainer.webui.service import CompareError, TrainerService
+from lib_trainer.webui.service import CompareError, CompareUnsupported, TrainerService
 
 STAND_IN_TRAINER = r"""
 import json, sys, time
@@ -35,7 +44,9 @@ def emit(kind, **fields):
 gate = Path(spec["dataset"]["path"]) / "gate"
 emit("start", name=spec["name"])
 name = spec["name"]
-out = Path(spec["output"]["dir"]) / name
+out = Path(spec["output"]["dir"])
+if spec["output"].get("family_folder"):
+    out = out / name
 out.mkdir(parents=True, exist_ok=True)
 emit("info", message="training", total_steps=2, total_epochs=1, output_name=name)
 while not gate.exists() and not (job / "stop").exists():
@@ -47,6 +58,14 @@ for epoch in range(1, int(epochs_file.read_text()) if epochs_file.exists() else 
 files.append(out / f"{name}.safetensors")
 for path in files:
     path.write_bytes(b"lora")
+    emit("checkpoint", path=str(path), epoch=1, step=2, **({"model_file": True} if spec["mode"] == "dreambooth" else {}))
+rank = (spec.get("finetune") or {}).get("extract_lora_rank")
+if spec["mode"] == "dreambooth" and rank:
+    lora = Path(spec["finetune"]["lora_dir"]) / (name + ".safetensors")
+    lora.parent.mkdir(parents=True, exist_ok=True)
+    lora.write_bytes(b"lora")
+    emit("lora_extracted", path=str(lora), rank=rank, layers=1)
+    files.append(lora)
 emit("done", files=[str(f) for f in files], output_name=name, steps=2)
 """
 
@@ -286,3 +305,155 @@ def test_compare_when_done_runs_once_after_the_job(world):
     assert host.calls.count("grid") == 1 and host.grid_requests[0].epochs == "1, final"
     # the exclusive run gave the lock back before the grid took it
     assert host.calls.index("unlock") < host.calls.index("grid")
+
+
+# ---------------------------------------------------------------- the full fine-tune (mode "dreambooth")
+
+
+def _full(data: Path, name: str = "hero", **finetune) -> dict:
+    spec = _spec(data, name)
+    spec.update(mode="dreambooth", dreambooth={"class_prompt": "a photo of a man"}, finetune=finetune)
+    spec["training"] = {"learning_rate": 2e-6, "epochs": 2}
+    return spec
+
+
+def test_full_finetune_saves_into_the_checkpoint_folder_and_lora_jobs_stay_as_they_were(world):
+    host, data, make = world
+    service = make()
+    spec, notes = service.prepare_spec(_full(data))
+    assert spec["output"]["dir"] == str(host.checkpoint_dir()) and spec["output"]["family_folder"] is False
+    assert spec["finetune"]["lora_dir"] == str(host.lora_dir())
+    assert notes == [f"The checkpoint will be saved in {host.checkpoint_dir()} as hero.safetensors."]
+    lora, _ = service.prepare_spec(
+        {**_spec(data), "mode": "dreambooth-lora", "dreambooth": {"class_prompt": "x"}}
+    )
+    assert lora["output"]["dir"] == str(host.lora_dir()) and lora["output"]["family_folder"] is True
+    assert lora["finetune"]["lora_dir"] == ""  # only a full fine-tune extracts a LoRA
+    # a caller's own folders are replaced by the WebUI's
+    given = _full(data, lora_dir="/elsewhere/loras")
+    spec, _ = service.prepare_spec({**given, "output": {"dir": "/elsewhere", "family_folder": True}})
+    assert spec["output"]["dir"] == str(host.checkpoint_dir()) and spec["finetune"]["lora_dir"] == str(
+        host.lora_dir()
+    )
+
+
+def test_full_finetune_notes_warn_about_rate_disk_and_vram(world):
+    host, data, make = world
+    service = make()
+    spec = _full(data)
+    spec["training"] = {"learning_rate": 1e-4, "epochs": 10}
+    spec["model"]["model_type"] = "sdxl"
+    host.free_vram = 20 * GIB  # of 24 GiB in all
+    _, notes = service.prepare_spec(spec)
+    assert any("learning rate 0.0001 is high" in n for n in notes)
+    assert any("up to 11 checkpoints" in n for n in notes)
+    assert any("needs about" in n and "the GPU has 24 GiB" in n for n in notes)
+    spec["model"]["model_type"] = "sd1"
+    spec["training"] = {
+        "learning_rate": 1.0,
+        "optimizer": "Prodigy",
+        "epochs": 2,
+        "gradient_checkpointing": True,
+    }
+    _, notes = service.prepare_spec(spec)
+    assert len(notes) == 1, notes  # only where it is saved: Prodigy sets its own pace, and SD 1.5 fits
+
+
+def test_full_finetune_names_are_free_among_checkpoints(world):
+    host, data, make = world
+    service = make()
+    models = host.checkpoint_dir()
+    (models / "people").mkdir(parents=True)
+    (models / "people" / "Hero.safetensors").write_bytes(b"x")  # any case, any subfolder
+    (models / "villain-v2.ckpt").write_bytes(b"x")  # a file starting with "villain-"
+    (host.lora_dir() / "sage").mkdir(parents=True)
+    (host.lora_dir() / "sage" / "sage.safetensors").write_bytes(b"x")
+    assert service.prepare_spec(_full(data))[0]["name"] == "hero_2"
+    spec, notes = service.prepare_spec(_full(data, "villain"))
+    assert spec["name"] == "villain_2" and 'A checkpoint named "villain"' in notes[0]
+    assert service.prepare_spec(_full(data, "base"))[0]["name"] == "base_2"  # in the WebUI's list elsewhere
+    assert service.prepare_spec(_full(data, "sage"))[0]["name"] == "sage"  # LoRAs are another list...
+    spec, notes = service.prepare_spec(_full(data, "sage", extract_lora_rank=32))
+    assert spec["name"] == "sage_2" and "checkpoint or LoRA" in notes[0]  # ...unless a LoRA is extracted
+    assert service.prepare_spec(_spec(data, "villain"))[0]["name"] == "villain"  # LoRA jobs: LoRA folder only
+    first = service.submit(_full(data, "twin"))
+    assert first.output_name == "twin" and service.submit(_full(data, "twin")).output_name == "twin_2"
+
+
+def test_a_finished_full_finetune_refreshes_the_checkpoint_list_and_the_lora_list_for_its_lora(world):
+    host, data, make = world
+    (data / "epochs").write_text("2")
+    service = make()
+    job = service.submit(_full(data, extract_lora_rank=16), gpu_mode=SHARED).record.id
+    (data / "gate").touch()
+    record = _wait(service.manager, job, DONE)
+    checkpoints = [
+        str(host.checkpoint_dir() / "hero-000001.safetensors"),
+        str(host.checkpoint_dir() / "hero.safetensors"),
+    ]
+    lora = str(host.lora_dir() / "hero.safetensors")
+    assert record.files == [*checkpoints, lora]
+    assert service.file_kinds(job, record.files) == {**dict.fromkeys(checkpoints, "checkpoint"), lora: "lora"}
+    assert sorted(host.calls) == ["refresh", "refresh_checkpoints"]
+    plain = service.submit(_full(data, "plain"), gpu_mode=SHARED).record.id
+    _wait(service.manager, plain, DONE)
+    assert host.calls.count("refresh_checkpoints") == 2 and host.calls.count("refresh") == 1
+
+
+def test_new_checkpoints_refresh_the_checkpoint_list_once_each(world):
+    host, data, make = world
+    service = make()
+    job = service.submit(_full(data)).record.id
+    folder = host.checkpoint_dir()
+    assert service.refresh_if_new_files(job, [str(folder / "hero-000001.safetensors")])
+    assert not service.refresh_if_new_files(job, [str(folder / "hero-000001.safetensors"), "x.png"])
+    assert service.refresh_if_new_files(
+        job, [str(folder / "hero-000001.safetensors"), str(folder / "hero.safetensors")]
+    )
+    assert host.calls == ["refresh_checkpoints", "refresh_checkpoints"]
+
+
+def test_compare_is_refused_for_a_full_finetune(world):
+    host, data, make = world
+    service = make()
+    submitted = service.submit(_full(data), gpu_mode=SHARED, compare_when_done=True)
+    assert any("Compare epochs works on LoRA jobs" in n for n in submitted.notes)
+    job = submitted.record.id
+    (data / "gate").touch()
+    record = _wait(service.manager, job, DONE)
+    assert "compare_when_done" not in read_settings(record.job_dir)
+    message = (
+        'Compare epochs works on LoRA jobs. "hero" is a full fine-tune: pick its checkpoint hero.safetensors '
+        "in the WebUI's checkpoint list to try it."
+    )
+    with pytest.raises(CompareUnsupported) as err:
+        service.compare(job)
+    assert str(err.value) == message
+    with pytest.raises(CompareUnsupported):
+        service.compare_request(job)
+    assert "grid" not in host.calls
+
+
+def test_vram_estimates_know_the_full_finetune():
+    gb = 1e9
+    sd15 = estimated_full_need_bytes("sd1", 1, True, FullFineTune(optimizer="AdamW8bit"))
+    assert 12 * gb < sd15 < 16 * gb  # about 14 GB, as users of 24 GB cards report
+    assert estimated_full_need_bytes("sd1", 1, False, FullFineTune(optimizer="AdamW8bit")) > sd15
+    assert estimated_full_need_bytes("sd1", 1, True, FullFineTune(optimizer="AdamW")) > sd15
+    assert estimated_full_need_bytes("sd1", 1, True, FullFineTune(optimizer="AdamW8bit", ema=True)) > sd15
+    assert estimated_full_need_bytes("sdxl", 1, True, FullFineTune(optimizer="AdamW8bit")) > 38 * gb
+    assert estimated_need_bytes("sd1", 1, True, mode="dreambooth", full=FullFineTune()) == sd15
+    assert estimated_need_bytes("sd1", 1, True, mode="dreambooth-lora") == estimated_need_bytes(
+        "sd1", 1, True
+    )
+    lora_spec = {
+        "mode": "lora",
+        "model": {"model_type": "sd1"},
+        "network": {"train_unet": True, "train_text_encoder": False},
+        "training": {"batch_size": 1, "gradient_checkpointing": True, "optimizer": "AdamW8bit"},
+    }
+    assert spec_need_bytes(lora_spec) == estimated_need_bytes("sd1", 1, True)
+    full_spec = {**lora_spec, "mode": "dreambooth", "finetune": {"ema": False}}
+    assert spec_need_bytes(full_spec) == sd15 > 2 * spec_need_bytes(lora_spec)
+    with_te = {**full_spec, "network": {"train_unet": True, "train_text_encoder": True}}
+    assert spec_need_bytes(with_te) > sd15

@@ -15,6 +15,7 @@ import pytest
 from recording_host import RecordingHost
 
 from lib_trainer.webui import form_fields
+from lib_trainer.webui.compare import read_settings
 from lib_trainer.webui.service import TrainerService
 from lib_trainer.webui.tab_controller import TabController
 from lib_trainer.webui.ui import TAB_ID, TAB_TITLE, build_tab
@@ -24,7 +25,9 @@ import json, sys, time
 from pathlib import Path
 job = Path(sys.argv[1])
 spec = json.loads((job / "job.json").read_text())
-out = Path(spec["output"]["dir"]) / spec["name"]
+out = Path(spec["output"]["dir"])
+if spec["output"]["family_folder"]:  # a LoRA's folder; a full fine-tune's checkpoint lies in output.dir
+    out = out / spec["name"]
 out.mkdir(parents=True, exist_ok=True)
 (out / (spec["name"] + ".safetensors")).write_bytes(b"x")
 with (job / "events.jsonl").open("a") as f:
@@ -208,3 +211,103 @@ def test_compare_epochs_through_the_wiring(tab, tmp_path):
     _, _, problem = run(job_id, "castle", "", "2", "1", 42)
     assert 'LoRA "hero" has no file for epoch 2. It has only the final file' in html.unescape(problem)
     assert "lora-trainer-problems" in run(None, "", "", "", "", 1)[2]
+
+
+def _ancestors(component) -> list:
+    out, node = [], component.parent
+    while node is not None:
+        out.append(node)
+        node = node.parent
+    return out
+
+
+def test_training_type_is_one_radio_in_the_main_view(tab):
+    _, _, built = tab
+    mode, class_prompt = built.fields["mode"], built.fields["dreambooth.class_prompt"]
+    assert isinstance(mode, gr.Radio) and mode.value == "lora"
+    assert [tuple(c) for c in mode.choices] == [
+        ("LoRA", "lora"),
+        ("DreamBooth LoRA", "dreambooth-lora"),
+        ("DreamBooth (full fine-tune, saves a checkpoint)", "dreambooth"),
+    ]
+    advanced = built.named["advanced"]
+    assert advanced not in _ancestors(mode) and advanced not in _ancestors(class_prompt)
+    assert class_prompt.visible is False  # shown for the DreamBooth types only
+    assert advanced in _ancestors(built.fields["finetune.extract_lora_rank"])
+    radios = [b for b in built.blocks.blocks.values() if getattr(b, "elem_id", None) == "lora_trainer_mode"]
+    assert radios == [mode]  # no second control for the training type
+
+
+def test_switching_the_training_type_shows_what_it_needs(tab):
+    _, _, built = tab
+    named, fields = built.named, built.fields
+    on_mode, inputs, outputs = _handler(built.blocks, fields["mode"], "change", "on_mode")
+    assert inputs == [fields["mode"]]
+    full = dict(zip(outputs, on_mode("dreambooth"), strict=True))
+    assert full[fields["dreambooth.class_prompt"]]["visible"] is True
+    assert full[named["compare_when_done"]]["visible"] is False  # a full fine-tune has no epochs to compare
+    assert full[named["name"]]["label"] == "Checkpoint name"
+    assert full[named["advanced"]]["open"] is True
+    assert full[named["advanced_tabs"]]["selected"] == "lora_trainer_tab_full_fine_tune"
+    assert "new checkpoint" in full[named["message"]]
+    dreambooth = dict(zip(outputs, on_mode("dreambooth-lora"), strict=True))
+    assert dreambooth[named["advanced_tabs"]]["selected"] == "lora_trainer_tab_dreambooth"
+    assert dreambooth[named["compare_when_done"]]["visible"] is True
+    lora = dict(zip(outputs, on_mode("lora"), strict=True))
+    assert lora[fields["dreambooth.class_prompt"]]["visible"] is False
+    assert lora[named["name"]]["label"] == "LoRA name" and lora[named["message"]] == gr.update()
+    # gradio accepts every update for its component (a selected id that no tab has would fail in the browser)
+    index = next(i for i, fn in enumerate(built.blocks.fns) if fn.fn is on_mode)
+    built.blocks.postprocess_data(index, list(on_mode("dreambooth")), {})
+    tab_ids = {getattr(b, "id", None) for b in built.blocks.blocks.values() if isinstance(b, gr.Tab)}
+    assert {"lora_trainer_tab_full_fine_tune", "lora_trainer_tab_dreambooth"} <= tab_ids
+
+
+def test_a_preset_that_sets_the_training_type_switches_it(tab):
+    _, service, built = tab
+    service.presets.save(
+        "SD1.5 full fine-tune",
+        {"mode": "dreambooth", "training": {"learning_rate": 2e-6}, "dreambooth": {"prior_loss_weight": 0}},
+    )
+    change, inputs, outputs = _handler(built.blocks, built.named["preset"], "change", "on_preset")
+    assert built.fields["mode"] in outputs
+    values = [c.value for c in inputs[1:]]
+    after = dict(zip(outputs, change("SD1.5 full fine-tune", *values), strict=True))
+    assert after[built.fields["mode"]] == "dreambooth"
+    assert float(after[built.fields["training.learning_rate"]]) == 2e-6
+
+
+def test_full_finetune_through_the_wiring(tab, tmp_path):
+    host, service, built = tab
+    blocks, named, fields = built.blocks, built.named, built.fields
+    dataset = tmp_path / "data"
+    dataset.mkdir()
+    start, inputs, _ = _handler(blocks, named["start"], "click", "on_start")
+    values = {c: c.value for c in inputs}
+    values.update({named["dataset"]: str(dataset), named["name"]: "hero", named["trigger"]: "hr"})
+    values[fields["mode"]] = "dreambooth"
+    values[named["compare_when_done"]] = True  # ticked before the switch hid it
+    message, _ = start(*[values[c] for c in inputs])
+    assert "lora-trainer-problems" in message and "Class prompt" in message
+    values[fields["dreambooth.class_prompt"]] = "a photo of a man"
+    message, job_update = start(*[values[c] for c in inputs])
+    assert "queued" in message and "hero.safetensors" in message, message
+    job_id = job_update["value"]
+    deadline = time.time() + 20
+    while service.manager.get(job_id).status != "done" and time.time() < deadline:
+        service.manager.poll()
+        time.sleep(0.05)
+    poll, _, outputs = _handler(blocks, named["poll"], "click", "on_poll")
+    shown = dict(zip(outputs, poll(job_id, "Loaded in the WebUI", None), strict=True))
+    assert '<span class="k">Checkpoint</span>' in shown[named["progress"]]
+    assert '<span class="k">LoRA</span>' not in shown[named["progress"]]
+    assert (host.checkpoint_dir() / "hero.safetensors").is_file()
+    assert "refresh_checkpoints" in host.calls and "refresh" not in host.calls
+    reset, _, outputs = _handler(blocks, named["compare_reset"], "click", "<lambda>")
+    compare = dict(zip(outputs, reset(job_id), strict=True))
+    assert "Compare epochs works on LoRA jobs" in html.unescape(compare[named["compare_message"]])
+    assert "compare_when_done" not in read_settings(service.manager.get(job_id).job_dir)
+    hint, inputs, _ = _handler(blocks, named["name"], "blur", "name_hint")
+    assert inputs == [named["name"], fields["mode"], fields["finetune.extract_lora_rank"]]
+    assert 'A checkpoint named "hero" already exists' in html.unescape(hint("hero", "dreambooth", 0))
+    assert hint("hero", "lora", 0) == ""  # no LoRA of that name
