@@ -21,7 +21,15 @@ from ..spec import default_spec_dict, spec_from_dict, spec_to_dict
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "resources" / "presets"
 # Built-ins are listed in this order (file names without .json); any other built-in file follows.
-BUILTIN_ORDER = ("sd15-6gb", "sd15-8gb", "sd15-12gb", "sdxl-12gb", "sdxl-16gb", "sdxl-24gb")
+BUILTIN_ORDER = (
+    "sd15-6gb",
+    "sd15-8gb",
+    "sd15-12gb",
+    "sdxl-12gb",
+    "sdxl-16gb",
+    "sdxl-24gb",
+    "sd15-dreambooth-24gb",
+)
 # Per-run fields: (section or None for top level, field). A preset never sets or changes them.
 PER_RUN_FIELDS: tuple[tuple[str | None, str], ...] = (
     (None, "name"),
@@ -30,6 +38,7 @@ PER_RUN_FIELDS: tuple[tuple[str | None, str], ...] = (
     ("model", "checkpoint"),
     ("model", "vae"),
     ("output", "dir"),
+    ("finetune", "lora_dir"),
 )
 # Stand-ins for the per-run fields when a fragment is checked on its own.
 _PLACEHOLDERS = {
@@ -37,6 +46,9 @@ _PLACEHOLDERS = {
     "model": {"checkpoint": "preset-check.safetensors"},
     "dataset": {"path": "preset-check", "trigger_word": "preset"},
     "output": {"dir": "preset-check"},
+    # a DreamBooth preset may leave the class to the user; the job's own check asks for it then
+    "dreambooth": {"class_prompt": "preset check"},
+    "finetune": {"lora_dir": "preset-check"},
 }
 MAX_TITLE = 80
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(10)}

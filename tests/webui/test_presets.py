@@ -26,6 +26,7 @@ BUILTIN_TITLES = [
     "SDXL · 12 GB VRAM",
     "SDXL · 16 GB VRAM",
     "SDXL · 24 GB+ VRAM",
+    "SD1.5 · DreamBooth full fine-tune · 24 GB VRAM",
 ]
 
 
@@ -37,6 +38,7 @@ def _full_spec(tmp_path: Path) -> dict:
     spec["dataset"]["path"] = str(tmp_path / "data")
     spec["dataset"]["trigger_word"] = "sks"
     spec["output"]["dir"] = str(tmp_path / "out")
+    spec["dreambooth"]["class_prompt"] = "a photo of a dog"  # the user's own, as the trigger word
     return spec
 
 
@@ -61,6 +63,12 @@ def test_builtin_validates_on_a_complete_spec(tmp_path: Path, stem: str) -> None
     spec = spec_from_dict(apply_preset(_full_spec(tmp_path), Preset(data["title"], "", data["spec"])))
     sdxl = stem.startswith("sdxl")
     assert spec.training.resolution == (1024 if sdxl else 512)
+    if spec.mode == "dreambooth":  # the full fine-tune: no LoRA size, a fine-tune's learning rate
+        assert stem == "sd15-dreambooth-24gb" and spec.training.learning_rate <= 5e-6
+        assert spec.training.gradient_checkpointing and spec.training.optimizer == "AdamW8bit"
+        assert spec.output.save_every_epochs == 0 and spec.dreambooth.prior == "class-images"
+        return
+    assert spec.mode == "lora"
     assert spec.network.alpha == spec.network.rank / 2
     assert spec.training.min_snr_gamma == 5.0
     if sdxl:
