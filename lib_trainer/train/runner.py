@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.profiler import record_function  # named phases in profiler traces (bench/profile_step.py, GPU)
 
 from ..spec import JobSpec, spec_to_dict
 from . import outputs
@@ -163,7 +164,8 @@ def _half_loss(
     )
 
     def predict() -> torch.Tensor:
-        context, pooled = _encode(ctx, captions)
+        with record_function("lora_trainer.encode_text"):
+            context, pooled = _encode(ctx, captions)
         kwargs = {}
         if base.arch.is_sdxl:
             samples = [data.samples[i] for i in sample_ids]
@@ -175,7 +177,10 @@ def _half_loss(
                 pooled.dtype,
             )
             kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": ids}
-        return base.unet(noisy.to(ctx.weight_dtype), timesteps, context.to(ctx.weight_dtype), **kwargs).sample
+        with record_function("lora_trainer.unet_forward"):
+            return base.unet(
+                noisy.to(ctx.weight_dtype), timesteps, context.to(ctx.weight_dtype), **kwargs
+            ).sample
 
     with autocast:
         pred = predict()
@@ -296,12 +301,14 @@ def train_loop(ctx: TrainContext) -> None:
             scaled = loss / accum
             if ctx.grad_scaler is not None:
                 scaled = ctx.grad_scaler.scale(scaled)
-            scaled.backward()
+            with record_function("lora_trainer.backward"):
+                scaled.backward()
             micro += 1
             last_batch = index == len(batches) - 1
             if micro % accum and not last_batch:
                 continue
-            _optimizer_step(ctx)
+            with record_function("lora_trainer.optimizer_step"):
+                _optimizer_step(ctx)
             ctx.progress.batch_in_epoch += 1
             epoch_losses.append(loss.item())
             reporter.step(epoch_losses[-1])
