@@ -202,3 +202,17 @@ def test_too_little_disk_space_is_warned_about_before_training(
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1000))
     message = finetune.disk_space_warning(spec, tiny_models["sd1"], tmp_path / "not" / "yet", 2)
     assert message.startswith("2 checkpoint(s) of ") and "output.save_every_epochs" in message
+
+
+def test_the_checkpoint_count_rule_matches_what_a_job_writes(tmp_path, tiny_models, tiny_dataset):
+    from lib_trainer.spec.finetune_rules import saved_checkpoints
+
+    def spec(epochs, every):
+        data = _spec(tiny_models["sd1"], tiny_dataset, tmp_path, output={"save_every_epochs": every})
+        data["training"]["epochs"] = epochs
+        return spec_from_dict(data)
+
+    # the first test writes dogft-000001 + dogft for 2 epochs saved every epoch
+    assert saved_checkpoints(spec(2, 1), 2) == 2
+    assert saved_checkpoints(spec(10, 2), 10) == 5  # epochs 2, 4, 6, 8 and the final file
+    assert saved_checkpoints(spec(10, 0), 10) == 1

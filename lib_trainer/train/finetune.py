@@ -17,9 +17,8 @@ from collections.abc import Iterator
 
 import torch
 
+from ..spec.finetune_rules import high_learning_rate, saved_checkpoints
 from ..spec.schema import FULL_FINETUNE
-
-HIGH_FULL_LR = 2e-5  # above this a full fine-tune usually wrecks the model within a few hundred steps
 
 
 def is_full_finetune(spec) -> bool:
@@ -57,13 +56,11 @@ def finetune_param_groups(ctx) -> list[dict]:
 
 
 def learning_rate_warnings(spec) -> list[str]:
-    lrs = [spec.training.learning_rate]
-    if spec.network.train_text_encoder and spec.training.text_encoder_lr:
-        lrs.append(spec.training.text_encoder_lr)
-    if spec.training.optimizer.lower().startswith("prodigy") or max(lrs) <= HIGH_FULL_LR:
+    rate = high_learning_rate(spec)
+    if rate is None:
         return []
     return [
-        f"the learning rate {max(lrs):g} is high for a full fine-tune, which changes every weight of the "
+        f"the learning rate {rate:g} is high for a full fine-tune, which changes every weight of the "
         "model; 1e-6 to 5e-6 is usual (training.learning_rate). A LoRA's rates burn a checkpoint quickly."
     ]
 
@@ -125,8 +122,7 @@ def disk_space_warning(spec, checkpoint, output_dir, num_epochs: int) -> str | N
         return None
     shapes, _ = read_safetensors_header(checkpoint)
     size = sum(math.prod(shape) for shape in shapes.values()) * _BYTES[spec.output.save_precision]
-    every = spec.output.save_every_epochs
-    count = 1 + (max(0, (num_epochs - 1) // every) if every else 0)
+    count = saved_checkpoints(spec, num_epochs)
     folder = output_dir
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent

@@ -26,7 +26,7 @@ from . import outputs
 from .conditioning import encode_sd, encode_sdxl, sdxl_time_ids
 from .dataset_prep import LatentSource, PreparedData, captions_for, sample_latents
 from .events import EventWriter
-from .finetune import is_full_finetune, load_weights_state, weights_state
+from .finetune import is_full_finetune, load_weights_state, trainable_components, weights_state
 from .preflight import Resolved
 from .prior import DREAMBOOTH_MODES, LORA_OFF, ClassImagePrior, adapters_disabled, combine_prior_loss
 from .state import Progress, load_extra, load_state, save_state
@@ -222,13 +222,6 @@ def compute_loss(ctx: TrainContext, entries: list[int]) -> torch.Tensor:
     return combine_prior_loss(loss, class_loss, prior.weight)
 
 
-def _trainable_modules(ctx: TrainContext) -> list[torch.nn.Module]:
-    mods = [ctx.base.unet] if ctx.spec.network.train_unet else []
-    if ctx.spec.network.train_text_encoder:
-        mods += ctx.base.text_encoders
-    return mods
-
-
 def _optimizer_step(ctx: TrainContext) -> None:
     clip = ctx.spec.training.max_grad_norm
     if ctx.grad_scaler is not None:
@@ -283,7 +276,7 @@ class _ProgressReporter:
 def train_loop(ctx: TrainContext) -> None:
     accum = ctx.spec.training.gradient_accumulation_steps
     reporter = _ProgressReporter(ctx)
-    for module in _trainable_modules(ctx):
+    for module in trainable_components(ctx).values():
         module.train()
     while ctx.progress.global_step < ctx.total_steps:
         epoch = ctx.progress.epoch

@@ -31,7 +31,8 @@ from ..jobs import (
 from ..jobs.process import TrainerCommand, trainer_python
 from ..jobs.records import DONE
 from ..spec import SpecError, spec_from_dict, spec_to_dict
-from ..spec.schema import FULL_FINETUNE
+from ..spec.finetune_rules import high_learning_rate, saved_checkpoints
+from ..spec.schema import FULL_FINETUNE, JobSpec
 from . import compare as grids
 from .handoff import AUTO, GIB, GpuHandoff, choose_gpu_mode, spec_need_bytes
 from .host_api import CURRENT, Host, ModelInfo
@@ -42,9 +43,6 @@ from .presets import PresetStore
 log = logging.getLogger("lib_trainer.webui")
 
 DATA_SUBDIR = Path("outputs") / "lora-trainer"
-# The trainer warns above this learning rate for a full fine-tune (lib_trainer.train.finetune.HIGH_FULL_LR;
-# not imported: that module needs torch).
-HIGH_FULL_LR = 2e-5
 MANY_CHECKPOINTS = 3  # more files than this: tell the user how much disk a full fine-tune will take
 
 
@@ -88,24 +86,20 @@ def taken_note(name: str, free: str, mode: str = "lora", extract_lora: bool = Fa
     return f'{what} named "{name}" already exists; this one will be saved as "{free}".'
 
 
-def _rate_note(spec: dict[str, Any]) -> str | None:
-    """A LoRA's learning rate burns a checkpoint: say so before the trainer warns (Prodigy sets its own)."""
-    training = spec["training"]
-    rates = [training["learning_rate"]]
-    if spec["network"]["train_text_encoder"] and training.get("text_encoder_lr"):
-        rates.append(training["text_encoder_lr"])
-    if max(rates) <= HIGH_FULL_LR or str(training["optimizer"]).lower().startswith("prodigy"):
+def _rate_note(spec: JobSpec) -> str | None:
+    """A LoRA's learning rate burns a checkpoint: say so before the trainer warns."""
+    rate = high_learning_rate(spec)
+    if rate is None:
         return None
     return (
-        f"The learning rate {max(rates):g} is high for a full fine-tune, which changes every weight of the "
+        f"The learning rate {rate:g} is high for a full fine-tune, which changes every weight of the "
         "model; 1e-6 to 5e-6 is usual (Advanced settings, Optimizer & schedule)."
     )
 
 
-def _disk_note(spec: dict[str, Any]) -> str | None:
+def _disk_note(spec: JobSpec) -> str | None:
     """Every saved epoch of a full fine-tune is a whole model: warn when that adds up."""
-    every = spec["output"]["save_every_epochs"]
-    files = 1 + (spec["training"]["epochs"] // every if every else 0)
+    files = saved_checkpoints(spec, spec.training.epochs)
     if files <= MANY_CHECKPOINTS:
         return None
     return (
@@ -194,9 +188,10 @@ class TrainerService:
             if free != name:
                 notes.append(taken_note(name, free, mode, extract))
             spec["name"] = free
-        resolved = spec_to_dict(spec_from_dict(spec))
+        job = spec_from_dict(spec)
+        resolved = spec_to_dict(job)
         if mode == FULL_FINETUNE:
-            notes += self._full_finetune_notes(resolved)
+            notes += self._full_finetune_notes(resolved, job)
         return resolved, notes
 
     @staticmethod
@@ -228,10 +223,10 @@ class TrainerService:
             "lora_dir": str(self.host.lora_dir()),
         }
 
-    def _full_finetune_notes(self, spec: dict[str, Any]) -> list[str]:
+    def _full_finetune_notes(self, spec: dict[str, Any], job: JobSpec) -> list[str]:
         """What a full fine-tune asks of the user's machine, said before it starts."""
         notes = [f"The checkpoint will be saved in {spec['output']['dir']} as {spec['name']}.safetensors."]
-        return notes + [n for n in (_rate_note(spec), _disk_note(spec), self._vram_note(spec)) if n]
+        return notes + [n for n in (_rate_note(job), _disk_note(job), self._vram_note(spec)) if n]
 
     def _vram_note(self, spec: dict[str, Any]) -> str | None:
         """When the job will not fit the GPU at all (its total memory, not what is free now)."""

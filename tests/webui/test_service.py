@@ -346,7 +346,7 @@ def test_full_finetune_notes_warn_about_rate_disk_and_vram(world):
     host.free_vram = 20 * GIB  # of 24 GiB in all
     _, notes = service.prepare_spec(spec)
     assert any("learning rate 0.0001 is high" in n for n in notes)
-    assert any("up to 11 checkpoints" in n for n in notes)
+    assert any("up to 10 checkpoints" in n for n in notes)  # epochs 1-9 and the final file
     assert any("needs about" in n and "the GPU has 24 GiB" in n for n in notes)
     spec["model"]["model_type"] = "sd1"
     spec["training"] = {
