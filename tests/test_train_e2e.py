@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import base_spec
+from quality.kohya_merge import apply_kohya, diffusers_targets
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -104,35 +105,6 @@ def _trained_modules(model_path: Path, job_dir: Path, family: str, train_te: boo
     return base
 
 
-def _apply_kohya(
-    lora: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], strength: float
-) -> set[str]:
-    """The WebUI's formula, written independently: W += up @ down * alpha / rank * strength."""
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in lora.items():
-        prefix, rest = key.split(".", 1)
-        groups.setdefault(prefix, {})[rest] = value
-    unmatched = set()
-    for prefix, g in groups.items():
-        if prefix not in targets:
-            unmatched.add(prefix)
-            continue
-        weight = targets[prefix]
-        down, up = g["lora_down.weight"].float(), g["lora_up.weight"].float()
-        scale = g["alpha"].item() / down.shape[0] * strength
-        weight += (up.flatten(1) @ down.flatten(1)).reshape(weight.shape) * scale
-    return unmatched
-
-
-def _diffusers_targets(module: torch.nn.Module, prefix: str, add_text_model: bool) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, m in module.named_modules():
-        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
-            path = ("text_model." + name) if add_text_model and not name.startswith("text_model.") else name
-            out[prefix + path.replace(".", "_")] = m.weight.data
-    return out
-
-
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_exported_file_reproduces_trained_model(tmp_path, tiny_models, tiny_dataset, family):
     out = tmp_path / "Lora"
@@ -149,18 +121,18 @@ def test_exported_file_reproduces_trained_model(tmp_path, tiny_models, tiny_data
     te_prefixes = ["lora_te1_", "lora_te2_"] if family == "sdxl" else ["lora_te_"]
     targets: dict[str, torch.Tensor] = {}
     for prefix, encoder in zip(te_prefixes, merged.text_encoders, strict=True):
-        targets.update(_diffusers_targets(encoder, prefix, add_text_model=True))
+        targets.update(diffusers_targets(encoder, prefix, add_text_model=True))
     if family == "sdxl":
         # SDXL names are LDM names: merge into the file's tensors, as the WebUI does, then convert.
         file_state, _ = load_state_dict(tiny_models[family])
         for key, value in file_state.items():
             if key.startswith("model.diffusion_model.") and key.endswith(".weight"):
                 targets["lora_unet_" + key[22:-7].replace(".", "_")] = value
-        unmatched = _apply_kohya(lora, targets, 1.0)
+        unmatched = apply_kohya(lora, targets, 1.0)
         merged.unet = build_unet(file_state, merged.arch.unet_config)
     else:
-        targets.update(_diffusers_targets(merged.unet, "lora_unet_", add_text_model=False))
-        unmatched = _apply_kohya(lora, targets, 1.0)
+        targets.update(diffusers_targets(merged.unet, "lora_unet_", add_text_model=False))
+        unmatched = apply_kohya(lora, targets, 1.0)
     assert not unmatched
 
     torch.manual_seed(0)

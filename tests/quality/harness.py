@@ -1,0 +1,187 @@
+"""Train, sample and judge on the toy world: the steps the quality tests and the docs table share.
+
+Training goes through the trainer's own job runner with the default preset (the job spec's defaults),
+changed only where the toy world needs it (64 px pictures on the CPU in fp32, no samples). Pictures are
+drawn through the trainer's own sampling path (`lib_trainer.train.sampling`) and a LoRA is judged as it
+comes back from its exported kohya file, merged with the WebUI's formula (`kohya_merge`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from lib_trainer.models.loader import BaseModel, load_base_model
+from lib_trainer.spec import spec_from_dict
+from lib_trainer.train.events import read_events
+from lib_trainer.train.job import run_job
+from lib_trainer.train.noise import make_noise_scheduler
+from lib_trainer.train.sampling import build_pipeline, text_inputs
+
+from . import toyworld as tw
+from .judge import Judge, Verdict
+from .kohya_merge import apply_kohya, diffusers_targets
+from .toy_model import IMAGE_SIZE, TOY_MODEL_FILE
+
+SAMPLER = "euler_a"
+"""The spec's default sampler; steps and CFG below are the spec's sample defaults too."""
+SAMPLE_STEPS = 20
+CFG_SCALE = 7.0
+
+SUBJECT_REPEATS = 10
+"""kohya folder repeats for the ~8-picture datasets, as users set them (`10_ohwx shape`)."""
+
+DRIFT_SHAPES: tuple[str, ...] = tw.KNOWN_SHAPES
+PROBE_COLOURS: tuple[str, ...] = ("red", "blue", "green", "yellow")
+PROBE_BACKGROUNDS: tuple[str, ...] = ("white", "grey")
+
+
+def toy_spec(data_dir: Path, out_dir: Path, name: str, mode: str = "lora", **sections: dict) -> dict:
+    """The default preset plus the toy world's necessities; `sections` override or add fields."""
+    spec: dict = {
+        "spec_version": 1,
+        "name": name,
+        "mode": mode,
+        "model": {"checkpoint": str(TOY_MODEL_FILE)},
+        "dataset": {
+            "path": str(data_dir),
+            "cache_latents": "memory",
+            "min_bucket_reso": IMAGE_SIZE,
+            "max_bucket_reso": IMAGE_SIZE,
+        },
+        "training": {"resolution": IMAGE_SIZE, "device": "cpu", "mixed_precision": "no"},
+        "output": {"dir": str(out_dir)},
+        "samples": {"every_epochs": 0, "prompts": []},
+    }
+    for section, values in sections.items():
+        spec.setdefault(section, {}).update(copy.deepcopy(values))
+    return spec
+
+
+@dataclass
+class TrainedLora:
+    final: Path
+    saved: list[tuple[int, int, Path]]
+    """(epoch, global step, file) for every LoRA file the job wrote, in order; the final file holds the
+    last epoch (kohya writes no separate file for it)."""
+    events: list[dict]
+    job_dir: Path
+
+
+def train(spec: dict, job_dir: Path) -> TrainedLora:
+    """Run one job to the end; fail with the trainer's own error events if it does not finish."""
+    code = run_job(spec_from_dict(spec), job_dir)
+    events = read_events(job_dir / "events.jsonl")
+    if code != 0:
+        errors = [e for e in events if e.get("type") == "error"]
+        raise AssertionError(f"training {spec['name']} failed ({code}): {errors}")
+    saved = [(e["epoch"], e["step"], Path(e["path"])) for e in events if e.get("type") == "checkpoint"]
+    return TrainedLora(saved[-1][2], saved, events, job_dir)
+
+
+def load_toy_base() -> BaseModel:
+    base = load_base_model(TOY_MODEL_FILE)
+    for module in (base.unet, base.vae, *base.text_encoders):
+        module.float().eval()
+    return base
+
+
+def with_lora(lora_file: Path | None, strength: float = 1.0) -> BaseModel:
+    """A fresh toy base with the file's LoRA merged in, as the WebUI applies it; None: the base alone."""
+    base = load_toy_base()
+    if lora_file is None:
+        return base
+    targets = diffusers_targets(base.unet, "lora_unet_", add_text_model=False)
+    targets.update(diffusers_targets(base.text_encoders[0], "lora_te_", add_text_model=True))
+    unmatched = apply_kohya(load_file(str(lora_file)), targets, strength)
+    if unmatched:
+        raise AssertionError(f"{lora_file.name}: modules the WebUI would not find: {sorted(unmatched)[:5]}")
+    return base
+
+
+@torch.no_grad()
+def draw(base: BaseModel, prompt: str, seeds: Sequence[int], negative: str = "") -> list:
+    """One picture per seed through the trainer's sampling path (its pipeline and its text encoding)."""
+    pipe = build_pipeline(base, SAMPLER, make_noise_scheduler(base.arch.prediction_type))
+    pipe.set_progress_bar_config(disable=True)
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    inputs = text_inputs(base, prompt, negative, len(seeds), 1, torch.device("cpu"))
+    return pipe(
+        **inputs,
+        width=IMAGE_SIZE,
+        height=IMAGE_SIZE,
+        guidance_scale=CFG_SCALE,
+        num_inference_steps=SAMPLE_STEPS,
+        generator=generators,
+    ).images
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A prompt and what a correct picture for it shows (None: not checked)."""
+
+    prompt: str
+    shape: str | None = None
+    colour: str | None = None
+    striped: bool | None = None
+
+    def correct(self, v: Verdict) -> bool:
+        return (
+            (self.shape is None or v.shape == self.shape)
+            and (self.colour is None or v.colour == self.colour)
+            and (self.striped is None or v.striped == self.striped)
+        )
+
+
+def probe_sentence(colour: str, shape_words: str, background: str, style: bool = False) -> str:
+    text = f"a {colour} {shape_words} on a {background} background"
+    return f"{text}, in {tw.STYLE_PHRASE}" if style else text
+
+
+def judged(
+    base: BaseModel, judge: Judge, probes: Sequence[Probe], seeds: Sequence[int]
+) -> list[list[Verdict]]:
+    return [judge.predict(draw(base, p.prompt, seeds)) for p in probes]
+
+
+def rate(verdicts: list[list[Verdict]], test: Callable[[int, Verdict], bool]) -> float:
+    """Share of all pictures (probe index, verdict) that pass `test`."""
+    hits = [test(i, v) for i, row in enumerate(verdicts) for v in row]
+    return sum(hits) / max(1, len(hits))
+
+
+# --- the probe sets ---------------------------------------------------------------------------------------
+
+
+def base_probes() -> list[Probe]:
+    """Every known shape in four colours on two backgrounds: what the base model must draw."""
+    return [
+        Probe(probe_sentence(c, s, bg), shape=s, colour=c)
+        for s in tw.KNOWN_SHAPES
+        for c in PROBE_COLOURS
+        for bg in PROBE_BACKGROUNDS
+    ]
+
+
+def subject_probes(with_trigger: bool) -> list[Probe]:
+    """'a red ohwx shape ...' (the subject, in the prompted colour) or the bare class 'a red shape ...'."""
+    words = f"{tw.SUBJECT_TOKEN} {tw.SUBJECT_CLASS}" if with_trigger else tw.SUBJECT_CLASS
+    shape = tw.SUBJECT_SHAPE if with_trigger else None
+    return [
+        Probe(probe_sentence(c, words, bg), shape=shape, colour=c)
+        for c in PROBE_COLOURS
+        for bg in PROBE_BACKGROUNDS
+    ]
+
+
+def style_probes(with_trigger: bool, shapes: Sequence[str]) -> list[Probe]:
+    return [
+        Probe(probe_sentence(c, s, "white", style=with_trigger), shape=s, colour=c, striped=with_trigger)
+        for s in shapes
+        for c in PROBE_COLOURS
+    ]

@@ -1,0 +1,108 @@
+"""Quality vs steps on the toy world for the default preset and its main options (docs/quality.md).
+
+    .venv/bin/python -m tests.quality.make_quality_table [--only default,prodigy] [--json out.json]
+
+Each variant trains the same held-out-subject LoRA (8 pictures x 10 repeats, 10 epochs = 800 steps at
+batch 1) through the trainer's job runner, and the epoch files it saves are judged as the quality tests
+judge them (`scores.score_model`, merged from the kohya files). Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from . import harness as h
+from . import scores
+from .judge import load_judge
+
+_PRODIGY = {"optimizer": "Prodigy", "learning_rate": 1.0}
+VARIANTS: dict[str, tuple[str, str, dict]] = {
+    # name: (mode, what it changes, spec sections on top of the default preset). The options are measured
+    # on top of Prodigy, the setting that learns the subject within 800 steps here (see docs/quality.md).
+    "default": ("lora", "default preset: AdamW 1e-4, rank 16 / alpha 8, UNet only", {}),
+    "adamw-1e-3": ("lora", "AdamW 1e-3", {"training": {"learning_rate": 1e-3}}),
+    "prodigy": ("lora", "Prodigy (learning rate 1.0)", {"training": _PRODIGY}),
+    "prodigy+min-snr": ("lora", "Prodigy, min-SNR gamma 5", {"training": {**_PRODIGY, "min_snr_gamma": 5.0}}),
+    "prodigy+rank4": (
+        "lora",
+        "Prodigy, rank 4 / alpha 2",
+        {"training": _PRODIGY, "network": {"rank": 4, "alpha": 2.0}},
+    ),
+    "prodigy+rank32": (
+        "lora",
+        "Prodigy, rank 32 / alpha 16",
+        {"training": _PRODIGY, "network": {"rank": 32, "alpha": 16.0}},
+    ),
+    "prodigy+te": (
+        "lora",
+        "Prodigy, text encoder on",
+        {"training": _PRODIGY, "network": {"train_text_encoder": True}},
+    ),
+    "prodigy+prior": (
+        "dreambooth-lora",
+        f"Prodigy, prior preservation ('{scores.CLASS_PROMPT}')",
+        {"training": _PRODIGY},
+    ),
+}
+JUDGED_EPOCHS = (2, 5, 10)
+COLUMNS = ("trigger_subject", "trigger_colour", "class_subject", "known_correct", "known_subject")
+HEADER = (
+    "| variant | steps | subject with trigger | its colour | subject on class prompt | known shapes right "
+    "| subject without trigger |"
+)
+
+
+def run_variant(name: str, root: Path, judge) -> list[dict]:
+    mode, _, sections = VARIANTS[name]
+    started = time.time()
+    lora = h.train(scores.subject_job(root, name.replace("+", "_"), mode, **sections), root / "job")
+    trained = time.time() - started
+    rows = []
+    for epoch, step, path in lora.saved:
+        if epoch not in JUDGED_EPOCHS:
+            continue
+        with torch.no_grad():
+            result = scores.score_model(h.with_lora(path), judge)
+        rows.append({"variant": name, "steps": step, "train_seconds": round(trained), **vars(result)})
+        print(markdown_row(rows[-1]), flush=True)
+    return rows
+
+
+def markdown_row(row: dict) -> str:
+    cells = [row["variant"], str(row["steps"])] + [f"{row[c] * 100:.0f} %" for c in COLUMNS]
+    return "| " + " | ".join(cells) + " |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--only", default=",".join(VARIANTS), help="comma-separated variants: " + ", ".join(VARIANTS)
+    )
+    ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    judge = load_judge()
+    with torch.no_grad():
+        base = scores.score_model(h.load_toy_base(), judge, with_style=True)
+    print(f"base model: {json.dumps({k: round(v, 3) for k, v in vars(base).items()})}")
+    print(HEADER)
+    print("|" + "---|" * 7)
+    rows = [{"variant": "base model", "steps": 0, **vars(base)}]
+    print(markdown_row(rows[0]), flush=True)
+    for name in args.only.split(","):
+        with tempfile.TemporaryDirectory(prefix=f"quality-{name}-") as tmp:
+            rows += run_variant(name.strip(), Path(tmp), judge)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

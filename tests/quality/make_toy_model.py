@@ -1,0 +1,298 @@
+"""Pre-train the toy base model on the toy world, from random weights, on the CPU.
+
+    .venv/bin/python -m tests.quality.make_toy_model            # both stages, writes data/toy-sd1.safetensors
+    .venv/bin/python -m tests.quality.make_toy_model --stage vae  # only the VAE (kept in --work)
+
+Stage 1 trains the VAE as an image codec on every toy picture (the held-out shape and style included: a
+real SD VAE is trained on broad images and can encode anything, the UNet and text encoder are what never
+saw the held-out concepts), then rescales its latents to SD1's 0.18215. Stage 2 trains the UNet and the
+text encoder together on the known part of the world only, as SD was trained: epsilon prediction on SD's
+DDPM schedule, 10 % empty captions (so classifier-free guidance works), user-style captions with a few
+generic "shape" ones (so the class prompt means something), an EMA of the weights (what is saved).
+The noise schedule, timestep draws, targets and loss are the trainer's own functions.
+
+Runs are deterministic for a given seed and thread count; other thread counts or CPUs give a model of the
+same quality but not the same bytes (float summation order), which is why the committed file's sha256 is
+recorded in docs/quality.md rather than asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from lib_trainer.models.tokenizers import load_clip_tokenizer
+from lib_trainer.train.noise import (
+    diffusion_loss,
+    make_noise_scheduler,
+    sample_noise,
+    sample_timesteps,
+    training_target,
+)
+
+from . import toy_model as tm
+from . import toyworld as tw
+
+VAE_SEED, UNET_SEED = 1, 3
+CAPTION_VARIANTS = 4
+EMPTY_CAPTION_PROB = 0.1
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def render_all(scenes: list[tw.Scene]) -> torch.Tensor:
+    """uint8 [N, 3, 64, 64]."""
+    arrays = [np.asarray(tw.render(s, tm.IMAGE_SIZE), dtype=np.uint8) for s in scenes]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def to_pixels(batch: torch.Tensor) -> torch.Tensor:
+    return batch.float() / 127.5 - 1.0
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+# --- stage 1: VAE -------------------------------------------------------------------------------------------
+
+
+def train_vae(steps: int, batch: int, n_images: int) -> torch.nn.Module:
+    torch.manual_seed(VAE_SEED)
+    scenes = tw.sample_scenes(VAE_SEED, n_images, shapes=tw.ALL_SHAPES, styles=tw.STYLES)
+    images = render_all(scenes)
+    held_out = to_pixels(
+        render_all(tw.sample_scenes(VAE_SEED + 100, 256, shapes=tw.ALL_SHAPES, styles=tw.STYLES))
+    )
+    log(f"vae: {len(images)} training pictures rendered")
+    vae = tm.new_vae()
+    with torch.no_grad():
+        # Start with a near-deterministic posterior (std ~0.0025): from the default std 1 the sampled noise
+        # drowns the young latents and the decoder learns to paint every shape one average brown.
+        vae.quant_conv.bias[vae.config.latent_channels :] = -12.0
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(VAE_SEED)
+    for step in range(steps):
+        set_lr(optimizer, cosine_lr(step, steps, 2e-3, 100))
+        idx = torch.randint(0, len(images), (batch,), generator=gen)
+        x = to_pixels(images[idx])
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        rec = reconstruction_loss(recon, x)
+        loss = rec + 1e-7 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"vae step {step}: loss {rec.item():.4f}; held-out L1 {vae_l1(vae, held_out):.4f}")
+    vae.eval()
+    std = latent_std(vae, to_pixels(images[:1024]))
+    tm.rescale_latents(vae, std)
+    log(
+        f"vae: latent std {std:.3f} rescaled to {1 / tm.SCALING_FACTOR:.3f}; held-out L1 {vae_l1(vae, held_out):.4f}"
+    )
+    return vae
+
+
+def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 + L2 with the shape's pixels weighted 10x: a shape covers ~10 % of the picture, so a plain mean
+    is happy with a decoder that gets the background right and paints every shape one average colour."""
+    corner = x[:, :, :1, :1]
+    foreground = ((x - corner).abs().amax(dim=1, keepdim=True) > 0.08).float()
+    weight = 1.0 + 9.0 * foreground
+    err = recon - x
+    return ((err.abs() + err.pow(2)) * weight).sum() / (weight.sum() * x.shape[1])
+
+
+@torch.no_grad()
+def vae_l1(vae, pixels: torch.Tensor) -> float:
+    was_training = vae.training
+    vae.eval()
+    recon = vae.decode(vae.encode(pixels).latent_dist.mean).sample
+    vae.train(was_training)
+    return (recon.clamp(-1, 1) - pixels).abs().mean().item()
+
+
+@torch.no_grad()
+def latent_std(vae, pixels: torch.Tensor) -> float:
+    means = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in pixels.split(128)])
+    return means.std().item()
+
+
+# --- stage 2: UNet + text encoder ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of the scaled posterior per picture, as the trainer caches them."""
+    means, stds = [], []
+    for chunk in images.split(256):
+        dist = vae.encode(to_pixels(chunk)).latent_dist
+        means.append(dist.mean * tm.SCALING_FACTOR)
+        stds.append(dist.std * tm.SCALING_FACTOR)
+    return torch.cat(means), torch.cat(stds)
+
+
+def caption_ids(scenes: list[tw.Scene], tokenizer, seed: int) -> torch.Tensor:
+    """[N, CAPTION_VARIANTS, 77] token ids: each picture with several user-style captions (sentences and
+    tags, size/position sometimes left out, 'shape' for the shape now and then)."""
+    rng = random.Random(seed)
+    texts = [
+        tw.caption(s, rng.choice(tw.CAPTION_KINDS), rng, generic_prob=tw.PRETRAINING_GENERIC_PROB)
+        for s in scenes
+        for _ in range(CAPTION_VARIANTS)
+    ]
+    ids = tokenizer(
+        texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
+    return ids.view(len(scenes), CAPTION_VARIANTS, -1)
+
+
+def train_unet(
+    vae, steps: int, batch: int, n_images: int, lr: float, seed: int, init: Path | None
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """From random weights, or (`init`) continuing from a toy checkpoint's UNet and text encoder."""
+    torch.manual_seed(seed)
+    scenes = tw.base_pretraining_set(seed, n_images)
+    means, stds = encode_latents(vae, render_all(scenes))
+    log(f"unet: {len(scenes)} pictures encoded; latent std {means.std().item():.3f}")
+    tokenizer = load_clip_tokenizer()
+    ids = caption_ids(scenes, tokenizer, seed)
+    empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
+
+    if init is None:
+        unet, text_encoder = tm.new_unet(), tm.new_text_encoder()
+    else:
+        from lib_trainer.models.loader import load_base_model
+
+        base = load_base_model(init)
+        unet, text_encoder = base.unet.float(), base.text_encoders[0].float()
+        log(f"unet: continuing from {init}")
+    unet.train()
+    text_encoder.train()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    ema_unet, ema_te = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    scheduler = make_noise_scheduler("epsilon")
+    gen = torch.Generator().manual_seed(seed)
+    running = None
+    for step in range(steps):
+        set_lr(optimizer, cosine_lr(step, steps, lr, 200))
+        idx = torch.randint(0, len(scenes), (batch,), generator=gen)
+        variant = torch.randint(0, CAPTION_VARIANTS, (batch,), generator=gen)
+        tokens = ids[idx, variant].clone()
+        drop = torch.rand(batch, generator=gen) < EMPTY_CAPTION_PROB
+        tokens[drop] = empty
+        eps = torch.randn(means[idx].shape, generator=gen)
+        latents = means[idx] + stds[idx] * eps
+        noise = sample_noise(latents, gen)
+        timesteps = sample_timesteps(batch, gen)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        context = text_encoder(tokens)[0]
+        pred = unet(noisy, timesteps, context).sample
+        loss = diffusion_loss(
+            pred,
+            training_target(scheduler, latents, noise, timesteps),
+            timesteps=timesteps,
+            noise_scheduler=scheduler,
+            min_snr_gamma=5.0,
+            prediction_type="epsilon",
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        update_ema(ema_unet, unet, step)
+        update_ema(ema_te, text_encoder, step)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 200 == 0 or step == steps - 1:
+            log(f"unet step {step}: loss {running:.4f}")
+    return ema_unet, ema_te
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float = 0.999) -> None:
+    """EMA with warm-up (decay grows as (1+step)/(10+step) up to `decay`), as diffusers' EMAModel does."""
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p, 1 - d)
+
+
+# --- main ---------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--stage", choices=("all", "vae", "unet"), default="all")
+    ap.add_argument("--work", type=Path, default=Path("outputs/toy-model-work"), help="intermediate files")
+    ap.add_argument("--out", type=Path, default=tm.TOY_MODEL_FILE)
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (results depend on it, see above)")
+    ap.add_argument("--vae-steps", type=int, default=2000)
+    ap.add_argument("--vae-batch", type=int, default=16)
+    ap.add_argument("--vae-images", type=int, default=8000)
+    ap.add_argument("--unet-steps", type=int, default=3000)
+    ap.add_argument("--unet-batch", type=int, default=64)
+    ap.add_argument("--unet-images", type=int, default=16000)
+    ap.add_argument("--unet-lr", type=float, default=6e-4)
+    ap.add_argument(
+        "--unet-seed", type=int, default=UNET_SEED, help="pictures, captions and noise of stage 2"
+    )
+    ap.add_argument(
+        "--init", type=Path, help="continue stage 2 from this toy checkpoint instead of random weights"
+    )
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    vae_file = args.work / "vae.pt"
+    started = time.time()
+    if args.stage in ("all", "vae"):
+        vae = train_vae(args.vae_steps, args.vae_batch, args.vae_images)
+        torch.save(vae.state_dict(), vae_file)
+        log(f"vae saved to {vae_file}")
+        if args.stage == "vae":
+            return 0
+    if not vae_file.is_file():
+        raise SystemExit(f"{vae_file} is missing: run with --stage vae first (or --stage all)")
+    vae = tm.new_vae()
+    vae.load_state_dict(torch.load(vae_file, weights_only=True))
+    vae.eval()
+    unet, text_encoder = train_unet(
+        vae, args.unet_steps, args.unet_batch, args.unet_images, args.unet_lr, args.unet_seed, args.init
+    )
+    recipe = {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("work", "out")
+    }
+    if args.init is not None:
+        with safe_open(str(args.init), framework="pt") as f:
+            earlier = json.loads((f.metadata() or {}).get("lora_trainer.toy_model", "{}"))
+        recipe["init"] = args.init.name
+        recipe["continues"] = earlier
+    recipe.update(torch=torch.__version__, command=tm.REBUILD_COMMAND, seconds=round(time.time() - started))
+    path = tm.save_toy_checkpoint(args.out, tm.ldm_state_dict(unet, vae, text_encoder), recipe)
+    log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) sha256 {tm.sha256(path)}")
+    print(json.dumps(recipe))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""What the quality tests measure, the jobs they train and the thresholds they hold.
+
+`make_quality_table.py` prints the same numbers for docs/quality.md, so the table and the tests cannot
+disagree about what "the subject was learnt" means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lib_trainer.models.loader import BaseModel
+
+from . import harness as h
+from . import toyworld as tw
+from .judge import Judge
+
+# Thresholds: measured values minus a margin for CPU-to-CPU noise (docs/quality.md has the measurements).
+BASE_MIN_SHAPE = 0.8
+BASE_MIN_COLOUR = 0.9
+SUBJECT_MIN = 0.6
+"""'Most samples with the trigger' show the subject."""
+SUBJECT_MIN_COLOUR = 0.9
+TRIGGER_MIN_MARGIN = 0.25
+"""How much more often the subject appears with its trigger than in prompts for the other shapes."""
+LEAK_MAX = 0.15
+"""At most this share of pictures shows a held-out concept that the prompt did not ask for."""
+DRIFT_MAX = 0.15
+"""How much the share of correctly drawn known shapes may drop under a subject LoRA."""
+PRIOR_MIN_GAIN = 0.25
+"""How much less often the class prompt draws the subject with prior preservation than without."""
+STYLE_MIN = 0.5
+STYLE_MIN_SHAPE = 0.6
+
+SUBJECT_DATA_SEED, STYLE_DATA_SEED = 11, 12
+DATASET_SIZE = 8
+KNOWN_SEEDS = (101, 102)
+TRIGGER_SEEDS = (201, 202, 203, 204)
+CLASS_PROMPT = f"a {tw.SUBJECT_CLASS}"
+STYLE_UNSEEN_SHAPES = tuple(s for s in tw.KNOWN_SHAPES if s not in tw.STYLE_TRAIN_SHAPES)
+
+
+@dataclass
+class Scores:
+    """Shares of judged pictures. known_*: prompts for the known shapes; trigger_*: 'a red ohwx shape';
+    class_subject: the bare class prompt 'a red shape' drawing the subject anyway (language drift)."""
+
+    known_shape: float = 0.0
+    known_colour: float = 0.0
+    known_correct: float = 0.0
+    known_subject: float = 0.0
+    trigger_subject: float = 0.0
+    trigger_colour: float = 0.0
+    class_subject: float = 0.0
+    style_striped: float = 0.0
+
+
+@dataclass
+class StyleScores:
+    unseen_striped: float
+    """'a blue triangle ..., in ygk style' on shapes the style LoRA never saw striped: striped pictures."""
+    unseen_shape: float
+    """... and the prompted shape is still the one drawn."""
+    plain_striped: float
+    """The same prompts without the trigger: striped anyway (leak)."""
+
+
+def score_model(
+    model: BaseModel, judge: Judge, *, subject_only: bool = False, with_style: bool = False
+) -> Scores:
+    s = Scores()
+    trigger = h.judged(model, judge, h.subject_probes(True), TRIGGER_SEEDS)
+    s.trigger_subject = h.rate(trigger, lambda i, v: v.subject)
+    s.trigger_colour = h.rate(trigger, lambda i, v: v.colour == h.subject_probes(True)[i].colour)
+    if subject_only:
+        return s
+    probes = h.base_probes()
+    known = h.judged(model, judge, probes, KNOWN_SEEDS)
+    s.known_shape = h.rate(known, lambda i, v: v.shape == probes[i].shape)
+    s.known_colour = h.rate(known, lambda i, v: v.colour == probes[i].colour)
+    s.known_correct = h.rate(known, lambda i, v: probes[i].correct(v))
+    s.known_subject = h.rate(known, lambda i, v: v.subject)
+    s.class_subject = h.rate(
+        h.judged(model, judge, h.subject_probes(False), TRIGGER_SEEDS), lambda i, v: v.subject
+    )
+    if with_style:
+        styled = h.judged(model, judge, h.style_probes(True, tw.KNOWN_SHAPES), KNOWN_SEEDS)
+        s.style_striped = h.rate(styled, lambda i, v: v.striped)
+    return s
+
+
+def score_style(model: BaseModel, judge: Judge) -> StyleScores:
+    styled_probes = h.style_probes(True, STYLE_UNSEEN_SHAPES)
+    styled = h.judged(model, judge, styled_probes, TRIGGER_SEEDS)
+    plain = h.judged(model, judge, h.style_probes(False, STYLE_UNSEEN_SHAPES), TRIGGER_SEEDS)
+    return StyleScores(
+        unseen_striped=h.rate(styled, lambda i, v: v.striped),
+        unseen_shape=h.rate(styled, lambda i, v: v.shape == styled_probes[i].shape),
+        plain_striped=h.rate(plain, lambda i, v: v.striped),
+    )
+
+
+TEST_TRAINING = {"optimizer": "Prodigy", "learning_rate": 1.0}
+"""What the quality tests change in the default preset: the default AdamW at 1e-4 learns the toy subject
+too slowly for CI (6 % after 800 steps, docs/quality.md); Prodigy sets its own step size and learns it."""
+
+
+def subject_job(root: Path, name: str, mode: str = "lora", **sections: dict) -> dict:
+    """~8 pictures of the held-out subject with user-style captions, 10 repeats, 10 epochs (800 steps)."""
+    data = tw.write_dataset(
+        root / "data",
+        tw.subject_set(SUBJECT_DATA_SEED, DATASET_SIZE),
+        "mixed",
+        repeats=h.SUBJECT_REPEATS,
+        name=f"{tw.SUBJECT_TOKEN} {tw.SUBJECT_CLASS}",
+        seed=SUBJECT_DATA_SEED,
+    )
+    if mode == "dreambooth-lora":
+        sections = {"dreambooth": {"class_prompt": CLASS_PROMPT}, **sections}
+    return h.toy_spec(data, root / "Lora", name, mode, **sections)
+
+
+def style_job(root: Path, name: str, **sections: dict) -> dict:
+    """~8 striped circles and squares captioned '..., in ygk style', 10 repeats, 10 epochs."""
+    data = tw.write_dataset(
+        root / "data",
+        tw.style_set(STYLE_DATA_SEED, DATASET_SIZE),
+        "mixed",
+        repeats=h.SUBJECT_REPEATS,
+        name=tw.STYLE_PHRASE,
+        seed=STYLE_DATA_SEED,
+    )
+    return h.toy_spec(data, root / "Lora", name, **sections)

@@ -1,0 +1,136 @@
+"""Does training work? Judged numbers on the toy world (issue 8), on the CPU in a few minutes.
+
+The toy base model (data/toy-sd1.safetensors) was pre-trained on the known shapes only; these tests train
+LoRAs on held-out concepts with the default preset through the trainer's own job runner, load them back
+from the exported kohya files, draw through the trainer's own sampling path and let the toy judge score the
+pictures. Thresholds sit below the numbers measured when they were set (docs/quality.md) with room for
+run-to-run noise across CPUs, and far above what a broken schedule, latent scale, target or caption path
+produces (those draw noise: the judge then finds the prompted shape at chance level, ~25 %).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lib_trainer.spec import spec_from_dict
+from lib_trainer.train.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, load_lora_state_dict
+
+from . import harness as h
+from . import scores
+from . import toyworld as tw
+from .judge import load_judge
+
+pytestmark = [pytest.mark.quality, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return load_judge()
+
+
+@pytest.fixture(scope="module")
+def base_scores(judge) -> scores.Scores:
+    return scores.score_model(h.load_toy_base(), judge)
+
+
+@pytest.fixture(scope="module")
+def subject_lora(tmp_path_factory) -> h.TrainedLora:
+    root = tmp_path_factory.mktemp("subject")
+    return h.train(scores.subject_job(root, "subject", "lora", training=scores.TEST_TRAINING), root / "job")
+
+
+@pytest.fixture(scope="module")
+def prior_lora(tmp_path_factory) -> h.TrainedLora:
+    root = tmp_path_factory.mktemp("prior")
+    job = scores.subject_job(root, "subject_prior", "dreambooth-lora", training=scores.TEST_TRAINING)
+    return h.train(job, root / "job")
+
+
+@pytest.fixture(scope="module")
+def subject_scores(subject_lora, judge) -> scores.Scores:
+    return scores.score_model(h.with_lora(subject_lora.final), judge)
+
+
+def test_base_model_draws_the_prompted_shape_and_colour(base_scores):
+    """Guards the sampler, the noise schedule, the latent scale and the text path of the base model."""
+    assert base_scores.known_shape >= scores.BASE_MIN_SHAPE, base_scores
+    assert base_scores.known_colour >= scores.BASE_MIN_COLOUR, base_scores
+    assert base_scores.trigger_subject <= 0.1, "the base model draws the held-out subject: it is not held out"
+    assert base_scores.style_striped <= 0.1, "the base model draws the held-out style: it is not held out"
+
+
+def test_subject_lora_learns_the_trigger(subject_scores):
+    assert subject_scores.trigger_subject >= scores.SUBJECT_MIN, subject_scores
+    assert subject_scores.trigger_colour >= scores.SUBJECT_MIN_COLOUR, subject_scores
+    # the trigger, not just "any prompt after training", is what brings the subject
+    assert subject_scores.trigger_subject - subject_scores.known_subject >= scores.TRIGGER_MIN_MARGIN
+
+
+_DRIFT_GAP = (
+    "open (issue 8): on the toy model a subject LoRA leaks its subject into prompts for the other shapes "
+    "(known shapes drawn right 94 % -> ~47 %, docs/quality.md); strict, so the fix cannot go unnoticed"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=_DRIFT_GAP)
+def test_subject_lora_keeps_other_shapes(subject_scores, base_scores):
+    assert subject_scores.known_subject <= scores.LEAK_MAX, "the subject shows up without its trigger"
+    drift = base_scores.known_correct - subject_scores.known_correct
+    assert drift <= scores.DRIFT_MAX, (base_scores, subject_scores)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open (issue 8): with the class prompt 'a shape' prior preservation does not reduce the drift "
+    "(known shapes right 31 % with it, 47 % without, docs/quality.md); strict, so the fix cannot go unnoticed",
+)
+def test_prior_preservation_reduces_language_drift(prior_lora, subject_scores, judge):
+    prior = scores.score_model(h.with_lora(prior_lora.final), judge)
+    assert prior.trigger_subject >= scores.SUBJECT_MIN, prior
+    # the class prompt ("a red shape") is where a plain LoRA drifts most: it starts drawing the subject
+    assert subject_scores.class_subject - prior.class_subject >= scores.PRIOR_MIN_GAIN, (
+        subject_scores,
+        prior,
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open (issue 8): after 800 steps the style LoRA draws no stripes the judge can see (0 %, "
+    "docs/quality.md) although the toy VAE reproduces them; strict, so the fix cannot go unnoticed",
+)
+def test_style_lora_transfers_to_shapes_it_never_saw(tmp_path, judge):
+    lora = h.train(scores.style_job(tmp_path, "style", training=scores.TEST_TRAINING), tmp_path / "job")
+    result = scores.score_style(h.with_lora(lora.final), judge)
+    assert result.unseen_striped >= scores.STYLE_MIN, result
+    assert result.unseen_shape >= scores.STYLE_MIN_SHAPE, "the style replaced the shape"
+    assert result.plain_striped <= scores.LEAK_MAX, "the style shows up without its trigger"
+
+
+def test_exported_file_judges_like_the_trained_model(subject_lora, subject_scores, judge, tmp_path):
+    """The fp16 kohya file, merged as the WebUI merges it, draws what the trainer's in-memory LoRA drew."""
+    base = h.load_toy_base()
+    state = load_file(str(subject_lora.job_dir / "state" / "lora.safetensors"))
+    network = spec_from_dict(scores.subject_job(tmp_path, "x", mode="lora")).network
+    rank, alpha = network.rank, network.alpha
+    add_lora(base.unet, UNET_TARGETS, rank, alpha)
+    load_lora_state_dict(base.unet, {k[5:]: v for k, v in state.items() if k.startswith("unet/")})
+    if any(k.startswith("te0/") for k in state):
+        add_lora(base.text_encoders[0], TEXT_ENCODER_TARGETS, rank, alpha)
+        load_lora_state_dict(
+            base.text_encoders[0], {k[4:]: v for k, v in state.items() if k.startswith("te0/")}
+        )
+    with torch.no_grad():
+        in_memory = scores.score_model(base, judge, subject_only=True)
+    assert abs(in_memory.trigger_subject - subject_scores.trigger_subject) <= 0.1, (in_memory, subject_scores)
+    assert abs(in_memory.trigger_colour - subject_scores.trigger_colour) <= 0.1
+
+
+def test_judge_sees_the_held_out_concepts_in_the_training_pictures(judge):
+    """The tests above are only as good as the judge on exactly these concepts."""
+    subject = judge.predict([tw.render(s) for s in tw.subject_set(5, 16)])
+    style = judge.predict([tw.render(s) for s in tw.style_set(5, 16)])
+    assert sum(v.subject for v in subject) >= 15
+    assert sum(v.striped for v in style) >= 15
