@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import base_spec
-from quality.kohya_merge import apply_kohya, diffusers_targets
+from quality.kohya_merge import apply_kohya, attach_trainer_state, diffusers_targets
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -17,7 +17,6 @@ from lib_trainer.models.loader import build_unet, load_base_model
 from lib_trainer.spec import spec_from_dict
 from lib_trainer.train.events import read_events
 from lib_trainer.train.job import run_job
-from lib_trainer.train.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, load_lora_state_dict
 
 
 def _run(spec_dict: dict, job_dir: Path, **kwargs) -> tuple[int, list[dict]]:
@@ -92,16 +91,10 @@ def test_loss_goes_down_when_overfitting(tmp_path, tiny_models, tiny_dataset):
     assert last < 0.8 * first, (first, last)
 
 
-def _trained_modules(model_path: Path, job_dir: Path, family: str, train_te: bool):
+def _trained_modules(model_path: Path, job_dir: Path):
     """The trained model as the trainer held it: base + peft LoRA + the final saved LoRA state."""
     base = load_base_model(model_path)
-    state = load_file(str(job_dir / "state" / "lora.safetensors"))
-    add_lora(base.unet, UNET_TARGETS, 4, 2)
-    load_lora_state_dict(base.unet, {k[5:]: v for k, v in state.items() if k.startswith("unet/")})
-    if train_te:
-        for i, encoder in enumerate(base.text_encoders):
-            add_lora(encoder, TEXT_ENCODER_TARGETS, 4, 2)
-            load_lora_state_dict(encoder, {k[4:]: v for k, v in state.items() if k.startswith(f"te{i}/")})
+    attach_trainer_state(base, load_file(str(job_dir / "state" / "lora.safetensors")), 4, 2)
     return base
 
 
@@ -113,7 +106,7 @@ def test_exported_file_reproduces_trained_model(tmp_path, tiny_models, tiny_data
     )
     code, _ = _run(spec, tmp_path / "job")
     assert code == 0
-    trained = _trained_modules(tiny_models[family], tmp_path / "job", family, True)
+    trained = _trained_modules(tiny_models[family], tmp_path / "job")
     lora = load_file(str(out / "t.safetensors"))
     assert all(lora[k].item() == 2.0 for k in lora if k.endswith(".alpha"))
 

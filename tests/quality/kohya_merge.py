@@ -2,12 +2,15 @@
 
 The WebUI's formula is W += up @ down * alpha / rank * strength, on modules named by kohya's convention
 (the diffusers path with '.' -> '_' under `lora_unet_` / `lora_te_`, text encoders with a `text_model`
-level). Tests use this to judge a LoRA as it comes back from the file, not as the trainer held it.
+level). Tests use this to judge a LoRA as it comes back from the file, and `attach_trainer_state` to get
+the model as the trainer held it, for comparison.
 """
 
 from __future__ import annotations
 
 import torch
+
+from lib_trainer.train.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, load_lora_state_dict
 
 
 def diffusers_targets(module: torch.nn.Module, prefix: str, add_text_model: bool) -> dict[str, torch.Tensor]:
@@ -37,3 +40,17 @@ def apply_kohya(lora: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
         delta = (up.flatten(1) @ down.flatten(1)).reshape(weight.shape) * scale
         weight += delta.to(weight.dtype)
     return unmatched
+
+
+def attach_trainer_state(base, state: dict[str, torch.Tensor], rank: int, alpha: float) -> None:
+    """The model as the trainer held it: peft LoRA layers on `base` loaded from the job's
+    state/lora.safetensors (`unet/...`, `te0/...` keys); the reference an exported file is compared with."""
+    add_lora(base.unet, UNET_TARGETS, rank, alpha)
+    load_lora_state_dict(base.unet, {k[5:]: v for k, v in state.items() if k.startswith("unet/")})
+    for i, encoder in enumerate(base.text_encoders):
+        prefix = f"te{i}/"
+        if any(k.startswith(prefix) for k in state):
+            add_lora(encoder, TEXT_ENCODER_TARGETS, rank, alpha)
+            load_lora_state_dict(
+                encoder, {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            )

@@ -19,7 +19,6 @@ recorded in docs/quality.md rather than asserted.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import random
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers.training_utils import EMAModel
 from safetensors import safe_open
 
 from lib_trainer.models.tokenizers import load_clip_tokenizer
@@ -45,6 +45,7 @@ from . import toyworld as tw
 VAE_SEED, UNET_SEED = 1, 3
 CAPTION_VARIANTS = 4
 EMPTY_CAPTION_PROB = 0.1
+EMA_DECAY = 0.999
 
 
 def log(msg: str) -> None:
@@ -192,7 +193,8 @@ def train_unet(
     text_encoder.train()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    ema_unet, ema_te = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    # diffusers' EMAModel, as the full fine-tune uses it; its warm-up grows the decay as (1+n)/(10+n)
+    ema = EMAModel(params, decay=EMA_DECAY)
     scheduler = make_noise_scheduler("epsilon")
     gen = torch.Generator().manual_seed(seed)
     running = None
@@ -222,20 +224,12 @@ def train_unet(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        update_ema(ema_unet, unet, step)
-        update_ema(ema_te, text_encoder, step)
+        ema.step(params)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 200 == 0 or step == steps - 1:
             log(f"unet step {step}: loss {running:.4f}")
-    return ema_unet, ema_te
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float = 0.999) -> None:
-    """EMA with warm-up (decay grows as (1+step)/(10+step) up to `decay`), as diffusers' EMAModel does."""
-    d = min(decay, (1 + step) / (10 + step))
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.lerp_(p, 1 - d)
+    ema.copy_to(params)  # what is saved: the averaged weights
+    return unet.eval(), text_encoder.eval()
 
 
 # --- main ---------------------------------------------------------------------------------------------------

@@ -69,9 +69,10 @@ def score_model(
     model: BaseModel, judge: Judge, *, subject_only: bool = False, with_style: bool = False
 ) -> Scores:
     s = Scores()
-    trigger = h.judged(model, judge, h.subject_probes(True), TRIGGER_SEEDS)
+    trigger_probes = h.subject_probes(True)
+    trigger = h.judged(model, judge, trigger_probes, TRIGGER_SEEDS)
     s.trigger_subject = h.rate(trigger, lambda i, v: v.subject)
-    s.trigger_colour = h.rate(trigger, lambda i, v: v.colour == h.subject_probes(True)[i].colour)
+    s.trigger_colour = h.rate(trigger, lambda i, v: v.colour == trigger_probes[i].colour)
     if subject_only:
         return s
     probes = h.base_probes()

@@ -15,12 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from lib_trainer.spec import spec_from_dict
-from lib_trainer.train.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, load_lora_state_dict
 
 from . import harness as h
 from . import scores
 from . import toyworld as tw
 from .judge import load_judge
+from .kohya_merge import attach_trainer_state
 
 pytestmark = [pytest.mark.quality, pytest.mark.slow]
 
@@ -115,13 +115,7 @@ def test_exported_file_judges_like_the_trained_model(subject_lora, subject_score
     state = load_file(str(subject_lora.job_dir / "state" / "lora.safetensors"))
     network = spec_from_dict(scores.subject_job(tmp_path, "x", mode="lora")).network
     rank, alpha = network.rank, network.alpha
-    add_lora(base.unet, UNET_TARGETS, rank, alpha)
-    load_lora_state_dict(base.unet, {k[5:]: v for k, v in state.items() if k.startswith("unet/")})
-    if any(k.startswith("te0/") for k in state):
-        add_lora(base.text_encoders[0], TEXT_ENCODER_TARGETS, rank, alpha)
-        load_lora_state_dict(
-            base.text_encoders[0], {k[4:]: v for k, v in state.items() if k.startswith("te0/")}
-        )
+    attach_trainer_state(base, state, rank, alpha)
     with torch.no_grad():
         in_memory = scores.score_model(base, judge, subject_only=True)
     assert abs(in_memory.trigger_subject - subject_scores.trigger_subject) <= 0.1, (in_memory, subject_scores)

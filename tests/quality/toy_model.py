@@ -61,6 +61,8 @@ TEXT_ENCODER_CONFIG: dict = {
     "pad_token_id": 49407,
 }
 
+# The same widths as lib_trainer.models.tiny's VAE, written out on purpose: this is the recipe of a committed
+# file and must not move when the random test models change.
 VAE_CONFIG: dict = {
     "block_out_channels": [32, 32, 32, 32],
     "down_block_types": ["DownEncoderBlock2D"] * 4,
