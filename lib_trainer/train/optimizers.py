@@ -27,6 +27,12 @@ _NOT_USER_ARGS = {"self", "params", "lr", "args", "differentiable", "fsdp_in_use
 _ADAFACTOR_FIXED = {"relative_step": False, "scale_parameter": False, "warmup_init": False}
 _ADAFACTOR_LOCKED = ("relative_step", "warmup_init")
 
+# prodigyopt's own defaults (no bias correction, no warm-up safeguard, no weight decay) are tuned for
+# classifiers; its authors recommend these for diffusion models. Measured on the toy world
+# (docs/quality.md): with prodigyopt's defaults a style LoRA's step size ran away (loss 0.1 -> 0.6-1.2, the
+# model drew noise whatever the prompt); with these it trained normally. A user's optimizer_args win.
+PRODIGY_DIFFUSION_DEFAULTS = {"use_bias_correction": True, "safeguard_warmup": True, "weight_decay": 0.01}
+
 _ARGS_ATTR = "_lib_trainer_args"
 
 
@@ -195,6 +201,8 @@ def _default_args(canonical: str, param_groups: list[dict], device_type: str, us
         return kwargs
     if canonical == "Adafactor":
         return dict(_ADAFACTOR_FIXED)
+    if canonical == "Prodigy":
+        return dict(PRODIGY_DIFFUSION_DEFAULTS)
     return {}
 
 
