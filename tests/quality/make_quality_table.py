@@ -1,6 +1,6 @@
 """Quality vs steps on the toy world for the default preset and its main options (docs/quality.md).
 
-    .venv/bin/python -m tests.quality.make_quality_table [--only default,prodigy] [--json out.json]
+    .venv/bin/python -m tests.quality.make_quality_table [--only default,prodigy] [--style] [--json out.json]
 
 Each variant trains the same held-out-subject LoRA (8 pictures x 10 repeats, 10 epochs = 800 steps at
 batch 1) through the trainer's job runner, and the epoch files it saves are judged as the quality tests
@@ -19,6 +19,7 @@ import torch
 
 from . import harness as h
 from . import scores
+from . import toyworld as tw
 from .judge import load_judge
 
 _PRODIGY = {"optimizer": "Prodigy", "learning_rate": 1.0}
@@ -46,10 +47,16 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
     ),
     "prodigy+prior": (
         "dreambooth-lora",
-        f"Prodigy, prior preservation ('{scores.CLASS_PROMPT}')",
+        f"Prodigy, prior preservation ('{scores.CLASS_PROMPT}', class pictures drawn by the base model)",
+        {"training": _PRODIGY},
+    ),
+    "prodigy+prior-folder": (
+        "dreambooth-lora",
+        "Prodigy, prior preservation with a captioned folder of class pictures",
         {"training": _PRODIGY},
     ),
 }
+CLASS_FOLDER_VARIANTS = ("prodigy+prior-folder",)
 JUDGED_EPOCHS = (2, 5, 10)
 COLUMNS = ("trigger_subject", "trigger_colour", "class_subject", "known_correct", "known_subject")
 HEADER = (
@@ -61,7 +68,10 @@ HEADER = (
 def run_variant(name: str, root: Path, judge) -> list[dict]:
     mode, _, sections = VARIANTS[name]
     started = time.time()
-    lora = h.train(scores.subject_job(root, name.replace("+", "_"), mode, **sections), root / "job")
+    job = scores.subject_job(
+        root, name.replace("+", "_"), mode, class_pictures=name in CLASS_FOLDER_VARIANTS, **sections
+    )
+    lora = h.train(job, root / "job")
     trained = time.time() - started
     rows = []
     for epoch, step, path in lora.saved:
@@ -71,6 +81,31 @@ def run_variant(name: str, root: Path, judge) -> list[dict]:
             result = scores.score_model(h.with_lora(path), judge)
         rows.append({"variant": name, "steps": step, "train_seconds": round(trained), **vars(result)})
         print(markdown_row(rows[-1]), flush=True)
+    return rows
+
+
+STYLE_HEADER = (
+    "| style LoRA (Prodigy) | steps | striped, trained shapes | striped, unseen shapes | unseen shape kept "
+    "| striped without trigger |"
+)
+STYLE_COLUMNS = ("seen_striped", "unseen_striped", "unseen_shape", "plain_striped")
+
+
+def run_style(root: Path, judge) -> list[dict]:
+    """The style LoRA (striped circles and squares), judged on its own shapes and on unseen ones."""
+    lora = h.train(scores.style_job(root, "style", training=_PRODIGY), root / "job")
+    rows = []
+    for epoch, step, path in lora.saved:
+        if epoch not in JUDGED_EPOCHS:
+            continue
+        with torch.no_grad():
+            model = h.with_lora(path)
+            unseen = scores.score_style(model, judge)
+            seen = h.judged(model, judge, h.style_probes(True, tw.STYLE_TRAIN_SHAPES), scores.TRIGGER_SEEDS)
+        row = {"variant": "style", "steps": step, "seen_striped": h.rate(seen, lambda i, v: v.striped)}
+        rows.append({**row, **vars(unseen)})
+        cells = [f"{rows[-1][c] * 100:.0f} %" for c in STYLE_COLUMNS]
+        print("| | " + " | ".join([str(step), *cells]) + " |", flush=True)
     return rows
 
 
@@ -84,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only", default=",".join(VARIANTS), help="comma-separated variants: " + ", ".join(VARIANTS)
     )
+    ap.add_argument("--style", action="store_true", help="also train and judge the style LoRA")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -96,9 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + "---|" * 7)
     rows = [{"variant": "base model", "steps": 0, **vars(base)}]
     print(markdown_row(rows[0]), flush=True)
-    for name in args.only.split(","):
+    for name in filter(None, (n.strip() for n in args.only.split(","))):
         with tempfile.TemporaryDirectory(prefix=f"quality-{name}-") as tmp:
-            rows += run_variant(name.strip(), Path(tmp), judge)
+            rows += run_variant(name, Path(tmp), judge)
+    if args.style:
+        print(f"\n{STYLE_HEADER}\n|" + "---|" * 6)
+        with tempfile.TemporaryDirectory(prefix="quality-style-") as tmp:
+            rows += run_style(Path(tmp), judge)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1), encoding="utf-8")
     return 0

@@ -28,11 +28,16 @@ LEAK_MAX = 0.15
 DRIFT_MAX = 0.15
 """How much the share of correctly drawn known shapes may drop under a subject LoRA."""
 PRIOR_MIN_GAIN = 0.25
-"""How much less often the class prompt draws the subject with prior preservation than without."""
+"""How much prior preservation must improve each drift measure over the plain LoRA (known shapes drawn right,
+the subject leaking into them, the subject on the bare class prompt), as a share of pictures."""
 STYLE_MIN = 0.5
 STYLE_MIN_SHAPE = 0.6
 
-SUBJECT_DATA_SEED, STYLE_DATA_SEED = 11, 12
+SUBJECT_DATA_SEED, STYLE_DATA_SEED, CLASS_DATA_SEED = 11, 12, 77
+CLASS_PICTURES = 100
+"""The trainer's default dreambooth.num_class_images."""
+CLASS_GENERIC_PROB = 0.3
+"""Share of class captions that call the shape just "shape", so the class prompt is regularised too."""
 DATASET_SIZE = 8
 KNOWN_SEEDS = (101, 102)
 TRIGGER_SEEDS = (201, 202, 203, 204)
@@ -106,8 +111,28 @@ TEST_TRAINING = {"optimizer": "Prodigy", "learning_rate": 1.0}
 too slowly for CI (6 % after 800 steps, docs/quality.md); Prodigy sets its own step size and learns it."""
 
 
-def subject_job(root: Path, name: str, mode: str = "lora", **sections: dict) -> dict:
-    """~8 pictures of the held-out subject with user-style captions, 10 repeats, 10 epochs (800 steps)."""
+def class_folder(root: Path, count: int = CLASS_PICTURES) -> Path:
+    """Captioned pictures of the class, for prior preservation: the known shapes in every colour, size,
+    place and background, captioned like the training pictures (sometimes just "shape"), as a user brings a
+    folder of regularisation pictures with caption files. Returns the folder for dreambooth.class_data."""
+    folder = tw.write_dataset(
+        root / "class",
+        tw.sample_scenes(CLASS_DATA_SEED, count, shapes=tw.KNOWN_SHAPES),
+        "mixed",
+        name=tw.SUBJECT_CLASS,
+        seed=CLASS_DATA_SEED,
+        generic_prob=CLASS_GENERIC_PROB,
+    )
+    return folder / f"1_{tw.SUBJECT_CLASS}"
+
+
+def subject_job(
+    root: Path, name: str, mode: str = "lora", *, class_pictures: bool = False, **sections: dict
+) -> dict:
+    """~8 pictures of the held-out subject with user-style captions, 10 repeats, 10 epochs (800 steps).
+
+    mode "dreambooth-lora" adds prior preservation with the class prompt "a shape": class pictures the
+    base model draws for it, or with `class_pictures` the captioned folder of `class_folder`."""
     data = tw.write_dataset(
         root / "data",
         tw.subject_set(SUBJECT_DATA_SEED, DATASET_SIZE),
@@ -117,7 +142,10 @@ def subject_job(root: Path, name: str, mode: str = "lora", **sections: dict) -> 
         seed=SUBJECT_DATA_SEED,
     )
     if mode == "dreambooth-lora":
-        sections = {"dreambooth": {"class_prompt": CLASS_PROMPT}, **sections}
+        prior: dict = {"class_prompt": CLASS_PROMPT}
+        if class_pictures:
+            prior["class_data"] = str(class_folder(root))
+        sections = {**sections, "dreambooth": {**prior, **sections.get("dreambooth", {})}}
     return h.toy_spec(data, root / "Lora", name, mode, **sections)
 
 
