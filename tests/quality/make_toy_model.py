@@ -169,10 +169,40 @@ def caption_ids(scenes: list[tw.Scene], tokenizer, seed: int) -> torch.Tensor:
     return ids.view(len(scenes), CAPTION_VARIANTS, -1)
 
 
+def padding_penalty(
+    context: torch.Tensor, tokens: torch.Tensor, empty_context: torch.Tensor, eos_id: int
+) -> torch.Tensor:
+    """How far the padding positions' states (after each caption's first end token) are from the empty
+    prompt's at the same positions, relative to the size of those states: 0 when padding carries nothing.
+
+    Why it exists: a causal text encoder can write the whole caption into every padding position, and the
+    jointly trained toy model learns to read only that summary, with cross-attention spread evenly over all
+    77 positions (docs/quality.md, "Why the trigger does not bind"). Pushing padding towards a constant makes
+    the UNet read the words' own positions, as SD's cross-attention does.
+    """
+    is_eos = tokens == eos_id
+    # a row without an end token (never from the CLIP tokenizer, which always ends with one) has no padding
+    first_eos = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), tokens.shape[1])
+    positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
+    mask = (positions > first_eos[:, None]).to(context.dtype)[..., None]
+    if mask.sum() == 0:
+        return context.new_zeros(())
+    squared = ((context - empty_context[None]) ** 2 * mask).sum() / (mask.sum() * context.shape[-1])
+    return squared / empty_context[1:].pow(2).mean()
+
+
 def train_unet(
-    vae, steps: int, batch: int, n_images: int, lr: float, seed: int, init: Path | None
+    vae,
+    steps: int,
+    batch: int,
+    n_images: int,
+    lr: float,
+    seed: int,
+    init: Path | None,
+    padding_weight: float = 0.0,
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """From random weights, or (`init`) continuing from a toy checkpoint's UNet and text encoder."""
+    """From random weights, or (`init`) continuing from a toy checkpoint's UNet and text encoder.
+    `padding_weight` > 0 adds `padding_penalty` to the loss (an experiment; the committed model has 0)."""
     torch.manual_seed(seed)
     scenes = tw.base_pretraining_set(seed, n_images)
     means, stds = encode_latents(vae, render_all(scenes))
@@ -220,6 +250,12 @@ def train_unet(
             min_snr_gamma=5.0,
             prediction_type="epsilon",
         )
+        if padding_weight > 0:
+            with torch.no_grad():
+                empty_context = text_encoder(empty[None])[0][0]
+            loss = loss + padding_weight * padding_penalty(
+                context, tokens, empty_context, tokenizer.eos_token_id
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -252,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         "--unet-seed", type=int, default=UNET_SEED, help="pictures, captions and noise of stage 2"
     )
     ap.add_argument(
+        "--padding-penalty",
+        type=float,
+        default=0.0,
+        help="weight of the padding penalty (an experiment, see padding_penalty; the committed model: 0)",
+    )
+    ap.add_argument(
         "--init", type=Path, help="continue stage 2 from this toy checkpoint instead of random weights"
     )
     args = ap.parse_args(argv)
@@ -271,7 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     vae.load_state_dict(torch.load(vae_file, weights_only=True))
     vae.eval()
     unet, text_encoder = train_unet(
-        vae, args.unet_steps, args.unet_batch, args.unet_images, args.unet_lr, args.unet_seed, args.init
+        vae,
+        args.unet_steps,
+        args.unet_batch,
+        args.unet_images,
+        args.unet_lr,
+        args.unet_seed,
+        args.init,
+        args.padding_penalty,
     )
     recipe = {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("work", "out")

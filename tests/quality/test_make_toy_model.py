@@ -1,0 +1,42 @@
+"""The pre-training script's padding penalty (an experiment documented in docs/quality.md)."""
+
+from __future__ import annotations
+
+import torch
+
+from .make_toy_model import padding_penalty
+
+BOS, EOS, WORD = 49406, 49407, 320
+
+
+def _case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two captions of 6 positions: one word then padding, three words then padding."""
+    tokens = torch.tensor([[BOS, WORD, EOS, EOS, EOS, EOS], [BOS, WORD, WORD, WORD, EOS, EOS]])
+    gen = torch.Generator().manual_seed(0)
+    empty = torch.randn(6, 4, generator=gen)
+    context = empty.repeat(2, 1, 1)
+    return tokens, context, empty
+
+
+def test_padding_equal_to_the_empty_prompt_costs_nothing_whatever_the_words_hold():
+    tokens, context, empty = _case()
+    context[0, :3] += 5.0  # BOS, the word and the first end token hold the caption: allowed
+    context[1, :5] -= 3.0
+    assert padding_penalty(context, tokens, empty, EOS).item() == 0.0
+
+
+def test_padding_that_differs_from_the_empty_prompt_is_penalised_relative_to_its_size():
+    tokens, context, empty = _case()
+    context[0, 3] += 1.0  # the first padding position after caption 0's end token, each of 4 channels by 1
+    # one of the 4 padded positions (3 in caption 0, 1 in caption 1) moved by 1 in each channel
+    expected = (1.0 / (4 * 4)) * 4 / empty[1:].pow(2).mean()
+    assert torch.isclose(padding_penalty(context, tokens, empty, EOS), expected)
+    # doubling the change quadruples it: a squared distance, so large deviations dominate
+    context[0, 3] += 1.0
+    assert torch.isclose(padding_penalty(context, tokens, empty, EOS), 4 * expected)
+
+
+def test_a_caption_without_an_end_token_has_no_padding():
+    tokens = torch.full((1, 6), WORD)
+    context = torch.ones(1, 6, 4)
+    assert padding_penalty(context, tokens, torch.zeros(6, 4) + 0.5, EOS).item() == 0.0
