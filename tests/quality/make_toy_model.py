@@ -188,6 +188,7 @@ def padding_penalty(
     if mask.sum() == 0:
         return context.new_zeros(())
     squared = ((context - empty_context[None]) ** 2 * mask).sum() / (mask.sum() * context.shape[-1])
+    # the empty prompt is all padding after its start token: its mean square is the size of a padding state
     return squared / empty_context[1:].pow(2).mean()
 
 

@@ -27,8 +27,9 @@ def test_padding_equal_to_the_empty_prompt_costs_nothing_whatever_the_words_hold
 
 def test_padding_that_differs_from_the_empty_prompt_is_penalised_relative_to_its_size():
     tokens, context, empty = _case()
-    context[0, 3] += 1.0  # the first padding position after caption 0's end token, each of 4 channels by 1
-    # one of the 4 padded positions (3 in caption 0, 1 in caption 1) moved by 1 in each channel
+    # the first padding position after caption 0's end token, one of 4 padded positions (3 in caption 0,
+    # 1 in caption 1), moved by 1 in each of its 4 channels
+    context[0, 3] += 1.0
     expected = (1.0 / (4 * 4)) * 4 / empty[1:].pow(2).mean()
     assert torch.isclose(padding_penalty(context, tokens, empty, EOS), expected)
     # doubling the change quadruples it: a squared distance, so large deviations dominate
