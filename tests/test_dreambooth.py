@@ -1,5 +1,6 @@
 """DreamBooth-LoRA with prior preservation on a tiny SD1 model (CPU): the loss arithmetic on a fixed batch,
-generated class images (made once, reused by the next job), a user's class folder, and the LoRA-off prior."""
+generated class images (made once, reused by the next job), a user's class folder, and the LoRA-off and
+trigger-off priors."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from lib_trainer.train.job import (
     setup_prior,
 )
 from lib_trainer.train.preflight import preflight
+from lib_trainer.train.prior import TRIGGER_OFF, caption_without_trigger
 from lib_trainer.train.runner import TrainContext, _half_loss, compute_loss, instance_captions
 
 
@@ -215,3 +217,54 @@ def test_kohya_regularization_folders_keep_their_repeats_and_pair_one_class_batc
         for batch in ctx2.data.batches(0)[:3]:
             compute_loss(ctx2, batch)
     assert len(drawn) == 3
+
+
+def test_caption_without_trigger_takes_out_whole_words_only():
+    assert caption_without_trigger("a red ohwx shape on a white background", "ohwx") == (
+        "a red shape on a white background"
+    )
+    assert caption_without_trigger("ohwx, red shape, OHWX, large", "ohwx") == "red shape, large"
+    assert caption_without_trigger("ohwxy shape, ohwx_2", "ohwx") == "ohwxy shape, ohwx_2"  # not a whole word
+    assert caption_without_trigger("a photo of sks dog", "sks dog") == "a photo of"
+    assert caption_without_trigger("no trigger here,tags", "ohwx") == "no trigger here,tags"  # unchanged
+    assert caption_without_trigger("a (b) c", "(b)") == "a c"  # regex characters are literal
+
+
+def test_trigger_off_prior_pairs_each_picture_with_its_caption_minus_the_trigger(
+    tmp_path, tiny_models, tiny_dataset
+):
+    spec = _spec(tiny_models, tiny_dataset, tmp_path / "out", prior="trigger-off", class_prompt="")
+    spec["dataset"]["trigger_word"] = "sks"
+    spec["dataset"]["prepend_trigger_word"] = True
+    ctx = _context(spec, tmp_path / "jobs" / "a")
+    assert ctx.prior.kind == TRIGGER_OFF and ctx.prior.weight == 0.7
+    entries = ctx.data.batches(0)[0]
+    seen: list[list[str]] = []
+    pair_captions = ctx.prior.captions
+    ctx.prior.captions = lambda captions: seen.append(captions) or pair_captions(captions)
+    noise_state, caption_state = ctx.noise_generator.get_state(), ctx.caption_rng.getstate()
+    with torch.no_grad():
+        # LoRA B starts at zero: the LoRA changes nothing yet, so the pair adds nothing to the instance loss
+        total = compute_loss(ctx, entries)
+        after_pair = ctx.noise_generator.get_state()
+        ctx.noise_generator.set_state(noise_state)
+        ctx.caption_rng.setstate(caption_state)
+        instance = _half_loss(ctx, ctx.data, ctx.latents, entries, lambda e: instance_captions(ctx, e))
+        # the pair reuses the instance half's noise and timesteps: no further random numbers were drawn
+        assert torch.equal(ctx.noise_generator.get_state(), after_pair)
+        assert torch.allclose(total, instance, rtol=0, atol=1e-7), (total, instance)
+        for name, param in ctx.base.unet.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.05)
+        ctx.noise_generator.set_state(noise_state)
+        ctx.caption_rng.setstate(caption_state)
+        changed = compute_loss(ctx, entries)
+        ctx.noise_generator.set_state(noise_state)
+        ctx.caption_rng.setstate(caption_state)
+        instance = _half_loss(ctx, ctx.data, ctx.latents, entries, lambda e: instance_captions(ctx, e))
+    assert changed > instance + 1e-6  # the LoRA now moves the trigger-less captions away from the base model
+    [first, *_] = seen
+    assert len(first) == len(entries) and all(c.startswith("sks") for c in first)
+    assert [caption_without_trigger(c, "sks") for c in first] == pair_captions(first)
+    assert not any("sks" in c for c in pair_captions(first))
+    assert not (tmp_path / "jobs" / CLASS_IMAGE_CACHE).exists()

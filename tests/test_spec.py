@@ -718,6 +718,24 @@ def test_lora_off_only_with_dreambooth_lora():
     assert _dreambooth_problems("lora", prior="lora-off") == []
 
 
+def test_trigger_off_needs_the_trigger_word_not_a_class_prompt():
+    data = minimal(dreambooth={"prior": "trigger-off"})
+    data["mode"] = "dreambooth-lora"
+    path, message = one_error(data)
+    assert path == "dataset.trigger_word"
+    assert '"trigger-off"' in message and '"ohwx"' in message
+    data["dataset"]["trigger_word"] = "ohwx"
+    spec = spec_from_dict(data)
+    assert spec.dreambooth.prior == "trigger-off" and spec.dreambooth.class_prompt == ""
+    # a full fine-tune has no LoRA to switch off
+    [(path, message)] = _dreambooth_problems("dreambooth", class_prompt="a dog", prior="trigger-off")
+    assert path == "dreambooth.prior" and message.startswith('"trigger-off" works only with mode')
+    # without prior preservation the prior's kind does not matter
+    data["dataset"]["trigger_word"] = ""
+    data["dreambooth"]["prior_loss_weight"] = 0
+    assert spec_from_dict(data).dreambooth.prior == "trigger-off"
+
+
 def test_lora_mode_does_not_need_a_class_prompt():
     assert _dreambooth_problems("lora") == []
     assert spec_from_dict(minimal()).dreambooth.class_prompt == ""

@@ -521,8 +521,10 @@ CLI_FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "--prior",
         "dreambooth.prior",
         str,
-        "DreamBooth: what keeps the class in place: class-images, or lora-off (the base model's "
-        "own result with the LoRA switched off; no class images needed; dreambooth-lora only)",
+        "DreamBooth: what keeps the class in place: class-images, lora-off (the base model's "
+        "own result with the LoRA switched off; no class images needed; dreambooth-lora only), or trigger-off "
+        "(each caption without the trigger word, against the base model; needs --trigger-word; "
+        "dreambooth-lora only)",
     ),
     _flag(
         "--ema",

@@ -508,7 +508,7 @@ class SamplesSpec:
     prompts: tuple[SamplePrompt, ...] = field(default=(), metadata={"items": SamplePrompt})
 
 
-PRIORS = ("class-images", "lora-off")
+PRIORS = ("class-images", "lora-off", "trigger-off")
 
 
 @dataclass(frozen=True)
@@ -638,6 +638,7 @@ def _dreambooth_checks(v: dict[str, Any]) -> Problems:
         mode in ("dreambooth-lora", "dreambooth")
         and not dreambooth.class_prompt
         and dreambooth.prior_loss_weight
+        and dreambooth.prior != "trigger-off"
     ):
         out.append(
             (
@@ -647,12 +648,27 @@ def _dreambooth_checks(v: dict[str, Any]) -> Problems:
             )
         )
     # mode "lora" does not read the section, so nothing there can be wrong for it
-    if dreambooth.prior == "lora-off" and mode == "dreambooth":
+    if dreambooth.prior in ("lora-off", "trigger-off") and mode == "dreambooth":
         out.append(
             (
                 "dreambooth.prior",
-                f'"lora-off" works only with mode "dreambooth-lora" (mode is {show(mode)}); '
+                f'{show(dreambooth.prior)} works only with mode "dreambooth-lora" (mode is {show(mode)}); '
                 'use "class-images"',
+            )
+        )
+    dataset = v.get("dataset")
+    if (
+        dreambooth.prior == "trigger-off"
+        and mode == "dreambooth-lora"
+        and dreambooth.prior_loss_weight
+        and dataset is not None
+        and not dataset.trigger_word
+    ):
+        out.append(
+            (
+                "dataset.trigger_word",
+                'is empty, but dreambooth.prior "trigger-off" takes the trigger word out of each caption; '
+                'set the word your captions use for the subject, e.g. "ohwx"',
             )
         )
     return out

@@ -141,7 +141,7 @@ def cache_latents(ctx: TrainContext) -> None:
 def setup_prior(ctx: TrainContext) -> None:
     """The class half of DreamBooth (before the LoRA layers exist, so class images come from the base model)."""
     from .class_images import ClassImageSettings, ClassImagesStopped, ensure_class_images, model_fingerprint
-    from .prior import DREAMBOOTH_MODES, LORA_OFF, ClassImagePrior, LoraOffPrior
+    from .prior import DREAMBOOTH_MODES, LORA_OFF, TRIGGER_OFF, ClassImagePrior, LoraOffPrior, TriggerOffPrior
 
     spec = ctx.spec
     if spec.mode not in DREAMBOOTH_MODES:
@@ -149,6 +149,14 @@ def setup_prior(ctx: TrainContext) -> None:
     db = spec.dreambooth
     if db.prior_loss_weight == 0:
         ctx.events.emit("info", message="no prior preservation (dreambooth.prior_loss_weight is 0)")
+        return
+    if db.prior == TRIGGER_OFF:
+        ctx.prior = TriggerOffPrior(spec.dataset.trigger_word, db.prior_loss_weight)
+        ctx.events.emit(
+            "info",
+            message=f'prior preservation: each caption without "{spec.dataset.trigger_word}", base model with '
+            "the LoRA off",
+        )
         return
     if db.prior == LORA_OFF:
         ctx.prior = LoraOffPrior(db.class_prompt, db.prior_loss_weight)

@@ -28,7 +28,15 @@ from .dataset_prep import LatentSource, PreparedData, captions_for, sample_laten
 from .events import EventWriter
 from .finetune import is_full_finetune, load_weights_state, trainable_components, weights_state
 from .preflight import Resolved
-from .prior import DREAMBOOTH_MODES, LORA_OFF, ClassImagePrior, adapters_disabled, combine_prior_loss
+from .prior import (
+    DREAMBOOTH_MODES,
+    LORA_OFF,
+    TRIGGER_OFF,
+    ClassImagePrior,
+    TriggerOffPrior,
+    adapters_disabled,
+    combine_prior_loss,
+)
 from .state import Progress, load_extra, load_state, save_state
 
 log = logging.getLogger("lib_trainer")
@@ -143,9 +151,12 @@ def _half_loss(
     caption_fn: Callable[[list[int]], list[str]],
     *,
     base_model_target: bool = False,
+    paired: TriggerOffPrior | None = None,
 ) -> torch.Tensor:
     """The diffusion loss of one batch of `data`. With `base_model_target` the target is the prediction of
-    the base model (LoRA switched off) for the same input, instead of the noise/velocity."""
+    the base model (LoRA switched off) for the same input, instead of the noise/velocity. With `paired` the
+    same noisy latents are denoised again with the prior's captions, towards the base model's prediction for
+    them, and that loss joins with the prior's weight."""
     from .noise import diffusion_loss, sample_noise, sample_timesteps, training_target
 
     base, spec = ctx.base, ctx.spec
@@ -163,7 +174,7 @@ def _half_loss(
         else contextlib.nullcontext()
     )
 
-    def predict() -> torch.Tensor:
+    def predict(captions: list[str]) -> torch.Tensor:
         with record_function("lora_trainer.encode_text"):
             context, pooled = _encode(ctx, captions)
         kwargs = {}
@@ -182,21 +193,32 @@ def _half_loss(
                 noisy.to(ctx.weight_dtype), timesteps, context.to(ctx.weight_dtype), **kwargs
             ).sample
 
+    def loss_of(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return diffusion_loss(
+            pred.float(),
+            target.float(),
+            timesteps=timesteps,
+            noise_scheduler=ctx.noise_scheduler,
+            min_snr_gamma=spec.training.min_snr_gamma,
+            prediction_type=base.arch.prediction_type,
+        )
+
     with autocast:
-        pred = predict()
+        pred = predict(captions)
         if base_model_target:
             with torch.no_grad(), adapters_disabled([base.unet, *base.text_encoders]):
-                target = predict().detach()
+                target = predict(captions).detach()
     if not base_model_target:
         target = training_target(ctx.noise_scheduler, latents, noise, timesteps)
-    return diffusion_loss(
-        pred.float(),
-        target.float(),
-        timesteps=timesteps,
-        noise_scheduler=ctx.noise_scheduler,
-        min_snr_gamma=spec.training.min_snr_gamma,
-        prediction_type=base.arch.prediction_type,
-    )
+    loss = loss_of(pred, target)
+    if paired is None:
+        return loss
+    other = paired.captions(captions)
+    with autocast:
+        pred = predict(other)
+        with torch.no_grad(), adapters_disabled([base.unet, *base.text_encoders]):
+            target = predict(other).detach()
+    return combine_prior_loss(loss, loss_of(pred, target), paired.weight)
 
 
 def instance_captions(ctx: TrainContext, entries: list[int]) -> list[str]:
@@ -208,9 +230,10 @@ def instance_captions(ctx: TrainContext, entries: list[int]) -> list[str]:
 
 
 def compute_loss(ctx: TrainContext, entries: list[int]) -> torch.Tensor:
-    loss = _half_loss(ctx, ctx.data, ctx.latents, entries, lambda e: instance_captions(ctx, e))
     prior = ctx.prior
-    if prior is None:
+    paired = prior if prior is not None and prior.kind == TRIGGER_OFF else None
+    loss = _half_loss(ctx, ctx.data, ctx.latents, entries, lambda e: instance_captions(ctx, e), paired=paired)
+    if prior is None or paired is not None:
         return loss
     if prior.kind == LORA_OFF:
         class_loss = _half_loss(

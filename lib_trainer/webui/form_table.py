@@ -334,7 +334,10 @@ _TABLE: dict[str, tuple[FieldSpec, ...]] = {
         _f("dreambooth.prior", "dropdown", "Prior preservation method",
            "How prior preservation (keeping the class as it was) is done. class-images: also train on "
            "images of the class, generated or your own. lora-off: compare with the base model's own result "
-           "with the LoRA switched off, so no class images are needed (DreamBooth LoRA only).",
+           "with the LoRA switched off, so no class images are needed (DreamBooth LoRA only). trigger-off: "
+           "also denoise each training image with its caption minus the trigger word, and keep that result "
+           "as the base model makes it, so the LoRA only acts through the trigger word (needs the trigger "
+           "word; DreamBooth LoRA only).",
            choices=schema.PRIORS),
         _f("dreambooth.class_sampler", "dropdown", "Class image sampler",
            "Sampler used to generate the class images; euler_a is Euler a.", choices=schema.SAMPLERS),

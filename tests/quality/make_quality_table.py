@@ -55,6 +55,16 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
         "Prodigy, prior preservation with a captioned folder of class pictures",
         {"training": _PRODIGY},
     ),
+    "prodigy+trigger-off": (
+        "dreambooth-lora",
+        "Prodigy, min-SNR 5, text encoder on, prior preservation 'trigger-off' (each caption without 'ohwx')",
+        {
+            "training": {**_PRODIGY, "min_snr_gamma": 5.0},
+            "network": {"train_text_encoder": True},
+            "dataset": {"trigger_word": tw.SUBJECT_TOKEN},
+            "dreambooth": {"prior": "trigger-off"},
+        },
+    ),
 }
 CLASS_FOLDER_VARIANTS = ("prodigy+prior-folder",)
 JUDGED_EPOCHS = (2, 5, 10)
