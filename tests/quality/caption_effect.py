@@ -105,7 +105,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lora", type=Path, default=None, help="a kohya LoRA file merged at strength 1")
     parser.add_argument("--pictures", type=int, default=24)
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     h.TOY_MODEL_FILE = args.model
     base = h.with_lora(args.lora)
     known = tw.sample_scenes(5, args.pictures, shapes=("circle",), styles=("plain",))
