@@ -10,8 +10,8 @@ on a class batch whose loss keeps the class itself from drifting toward the subj
 - "trigger-off": each instance picture denoised a second time, from the same noisy latents and timesteps,
   with its own caption minus the trigger word, towards what the base model predicts for that caption with
   the LoRA off (ostris' ai-toolkit calls it differential output preservation). The pair differs only in the
-  trigger, so the LoRA can change the picture only through the trigger: on the toy world this is the one
-  prior that binds the subject to its trigger (docs/quality.md).
+  trigger, so the LoRA can change the picture only through the trigger. On the toy world it stops the
+  subject leaking into other prompts, but costs the other words' meaning (docs/quality.md).
 
 The two halves are run as separate forward passes, so they need not share a bucket (instance images come in
 many aspect ratios, class images in the training size). The loss is diffusers' formula:

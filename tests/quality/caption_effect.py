@@ -17,15 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lib_trainer.models.loader import BaseModel
 from lib_trainer.train.conditioning import encode_sd
-from lib_trainer.train.noise import make_noise_scheduler
+from lib_trainer.train.noise import make_noise_scheduler, training_target
 
 from . import harness as h
 from . import toyworld as tw
+from .make_toy_model import render_all, to_pixels
 
 TIMESTEPS: tuple[int, ...] = tuple(range(50, 1000, 100))
 
@@ -40,8 +40,7 @@ class CaptionEffect:
 
 
 def _latents(base: BaseModel, scenes: Sequence[tw.Scene]) -> torch.Tensor:
-    arrays = np.stack([np.asarray(tw.render(s), dtype=np.float32) for s in scenes])
-    pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1.0
+    pixels = to_pixels(render_all(list(scenes)))
     return base.vae.encode(pixels).latent_dist.mean * base.vae.config.scaling_factor
 
 
@@ -65,11 +64,7 @@ def denoising_loss(
         for _ in range(draws):
             noise = torch.randn(latents.shape, generator=generator)
             noisy = scheduler.add_noise(latents, noise, steps)
-            target = (
-                noise
-                if base.arch.prediction_type == "epsilon"
-                else scheduler.get_velocity(latents, noise, steps)
-            )
+            target = training_target(scheduler, latents, noise, steps)
             total += torch.mean((base.unet(noisy, steps, context).sample - target) ** 2).item()
         out.append(total / draws)
     return out
