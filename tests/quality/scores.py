@@ -29,7 +29,8 @@ DRIFT_MAX = 0.15
 """How much the share of correctly drawn known shapes may drop under a subject LoRA."""
 PRIOR_MIN_GAIN = 0.25
 """How much prior preservation must improve each drift measure over the plain LoRA (known shapes drawn right,
-the subject leaking into them, the subject on the bare class prompt), as a share of pictures."""
+the subject leaking into them, the subject on the bare class prompt), as a share of pictures, unless that
+measure is within its margin (DRIFT_MAX, LEAK_MAX) anyway."""
 STYLE_MIN = 0.5
 STYLE_MIN_SHAPE = 0.6
 

@@ -85,16 +85,25 @@ def test_subject_lora_keeps_other_shapes(subject_scores, base_scores):
     assert drift <= scores.DRIFT_MAX, (base_scores, subject_scores)
 
 
-def test_prior_preservation_reduces_language_drift(prior_scores, subject_scores):
-    """Same pictures, steps and optimizer; the class pictures keep the other shapes and the class word."""
+def test_prior_preservation_reduces_language_drift(prior_scores, subject_scores, base_scores):
+    """Same pictures, steps and optimizer; the class pictures keep the other shapes and the class word.
+
+    Each drift measure must fall by PRIOR_MIN_GAIN against the plain LoRA, or be within the margin that
+    test_subject_lora_keeps_other_shapes holds the plain LoRA to: a fixed gain alone could never be met
+    once the plain LoRA stops drifting, and the two tests would exclude each other."""
+
+    def limit(plain_drift: float, margin: float) -> float:
+        return max(margin, plain_drift - scores.PRIOR_MIN_GAIN)
+
+    def shapes_drift(s: scores.Scores) -> float:
+        return base_scores.known_correct - s.known_correct
+
+    pair = (subject_scores, prior_scores)
     # the known shapes are drawn right far more often, and the subject leaks into them far less
-    assert prior_scores.known_correct - subject_scores.known_correct >= scores.PRIOR_MIN_GAIN, (
-        subject_scores,
-        prior_scores,
-    )
-    assert subject_scores.known_subject - prior_scores.known_subject >= scores.PRIOR_MIN_GAIN
+    assert shapes_drift(prior_scores) <= limit(shapes_drift(subject_scores), scores.DRIFT_MAX), pair
+    assert prior_scores.known_subject <= limit(subject_scores.known_subject, scores.LEAK_MAX), pair
     # the class prompt ("a red shape") is where a plain LoRA drifts most: it starts drawing the subject
-    assert subject_scores.class_subject - prior_scores.class_subject >= scores.PRIOR_MIN_GAIN
+    assert prior_scores.class_subject <= limit(subject_scores.class_subject, scores.LEAK_MAX), pair
 
 
 @pytest.mark.xfail(strict=True, reason=_BINDING_GAP)
