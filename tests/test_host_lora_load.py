@@ -39,6 +39,7 @@ from host_support import (
     Host,
     host_paths,
     log_problems,
+    mean_abs_diff,
     request,
     safetensors_metadata,
     start_webui,
@@ -51,6 +52,7 @@ from host_support import (
 pytestmark = pytest.mark.host
 
 LORA_NAME = "host_check_lora"
+TRIGGER_LORA_NAME = "host_check_trigger"  # trained with network.learn_trigger: bundles an embedding "sks"
 
 WEBUI_DIR, HOST_PYTHON = host_paths("the host LoRA test")
 
@@ -97,8 +99,19 @@ def trained_lora(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedLo
         training={"max_steps": 2},
     )
     code = run_job(spec_from_dict(spec), root / "job")
-    gc.collect()  # give the trainer's memory back before the host loads its own copy of the model
     assert code == 0, (root / "job" / "events.jsonl").read_text()[-2000:]
+    # a learnt trigger word that starts from "circle", so its vectors are far from what "sks" reads as
+    spec = base_spec(
+        checkpoint,
+        dataset,
+        models / "Lora",
+        name=TRIGGER_LORA_NAME,
+        network={"learn_trigger": True, "trigger_init": "circle"},
+        training={"max_steps": 2},
+    )
+    code = run_job(spec_from_dict(spec), root / "job-trigger")
+    assert code == 0, (root / "job-trigger" / "events.jsonl").read_text()[-2000:]
+    gc.collect()  # give the trainer's memory back before the host loads its own copy of the model
     path = models / "Lora" / f"{LORA_NAME}.safetensors"
     assert path.is_file()
     yield TrainedLora(path, safetensors_metadata(path), checkpoint, models)
@@ -175,3 +188,22 @@ def test_host_loaded_every_key_without_complaint(
     expected = f"{LORA_NAME}: {trained_lora.metadata['sshs_model_hash'][:12]}"
     assert expected in match.group(1).split(", "), infotext
     assert "Lora hashes" not in images["plain"].infotext
+
+
+def test_host_uses_the_bundled_trigger_embedding(host: Host) -> None:
+    """A1111 registers a LoRA file's bundled embedding while the LoRA is in the prompt. At strength 0 the
+    LoRA's weights add nothing, so a change can only come from the embedding, and only where the prompt has
+    the trigger word; the infotext names the embedding as used."""
+    tag = f"<lora:{TRIGGER_LORA_NAME}:0>"
+    with_word = txt2img(host, "a sks shape")
+    with_word_and_lora = txt2img(host, f"a sks shape {tag}")
+    without_word = txt2img(host, "a red shape")
+    without_word_but_lora = txt2img(host, f"a red shape {tag}")
+    assert mean_abs_diff(with_word, with_word_and_lora) > 0.5, "the bundled embedding changed nothing"
+    assert np.array_equal(without_word.pixels, without_word_but_lora.pixels), (
+        "the LoRA at 0 changed the image"
+    )
+    assert re.search(r"TI hashes: \"?sks: ", with_word_and_lora.infotext), with_word_and_lora.infotext
+    assert "TI hashes" not in without_word_but_lora.infotext
+    problems = log_problems(host.log.read_text(errors="replace"))
+    assert not problems, "\n".join(problems)

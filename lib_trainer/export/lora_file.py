@@ -16,6 +16,7 @@ from typing import Any, Union
 
 import torch
 
+from .bundled_embedding import PREFIX as BUNDLE_PREFIX
 from .metadata import finalize_metadata
 from .safe_write import atomic_save_safetensors, atomic_write_json
 
@@ -282,6 +283,11 @@ def summarize_lora(path: PathLike) -> dict[str, Any]:
     family, source = found if found is not None else (_version_from_keys(shapes), "key names")
     ranks = {s[0] for k, s in shapes.items() if k.endswith(".lora_down.weight") and s}
     with_alpha = {k.split(".", 1)[0] for k in alphas}
+    bundled = {  # embedding name -> vectors (network.learn_trigger), as the WebUI will register it
+        k[len(BUNDLE_PREFIX) :].split(".", 1)[0]: s[0]
+        for k, s in shapes.items()
+        if k.startswith(BUNDLE_PREFIX) and s
+    }
     return {
         "architecture": family,
         "architecture_source": source,
@@ -293,6 +299,7 @@ def summarize_lora(path: PathLike) -> dict[str, Any]:
         "alpha": _one_or_list(set(alphas.values())),
         "modules_without_alpha": len(modules - with_alpha),
         "dtypes": sorted(set(dtypes.values())),
-        "other_keys": len(other_keys),
+        "other_keys": len([k for k in other_keys if not k.startswith(BUNDLE_PREFIX)]),
+        "bundled_embeddings": bundled,
         "metadata": metadata,
     }

@@ -34,6 +34,9 @@ class BaseModel:
     checkpoint_path: Path | None = None
     vae_path: Path | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    # train.trigger_embedding.TriggerEmbedding while a learnt trigger word is in use (training, or loaded
+    # from a LoRA file's bundled embedding): every text path (training, samples) reads prompts through it
+    trigger_embedding: object = None
 
 
 def _empty_init():

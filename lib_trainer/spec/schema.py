@@ -436,6 +436,13 @@ class NetworkSpec:
     train_unet: bool = _f(True, boolean())
     train_text_encoder: bool = _f(False, boolean())
     dropout: float = _f(0.0, number(0, 1, hi_open=True))
+    # A learnt embedding for dataset.trigger_word, trained with the LoRA and bundled into its file
+    # (train/trigger_embedding.py).
+    learn_trigger: bool = _f(False, boolean())
+    trigger_vectors: int = _f(1, integer(1, 16))
+    trigger_init: str = _f("", text(strip=True, max_len=200))
+    trigger_step_scale: float = _f(30.0, number(0, 1000, lo_open=True))
+    trigger_train_fraction: float = _f(1.0, number(0, 1, lo_open=True))
 
 
 @dataclass(frozen=True)
@@ -690,8 +697,43 @@ def _finetune_checks(v: dict[str, Any]) -> Problems:
     return []
 
 
+def _learn_trigger_checks(v: dict[str, Any]) -> Problems:
+    """A learnt trigger word needs a word, a LoRA file to bundle it in, and a name the WebUI can read back."""
+    network, dataset, mode = v.get("network"), v.get("dataset"), v.get("mode")
+    if network is None or not network.learn_trigger:
+        return []
+    if mode == FULL_FINETUNE:
+        return [
+            (
+                "network.learn_trigger",
+                f'works only with modes "lora" and "dreambooth-lora" (mode is {show(mode)}): the embedding '
+                "is saved inside the LoRA file; turn it off",
+            )
+        ]
+    if dataset is None:
+        return []
+    word = dataset.trigger_word
+    if not word:
+        return [
+            (
+                "dataset.trigger_word",
+                "is empty, but network.learn_trigger is on; set the word your captions use for the subject, "
+                'e.g. "ohwx"',
+            )
+        ]
+    if "." in word:
+        return [
+            (
+                "dataset.trigger_word",
+                f"is {show(word)}; with network.learn_trigger the word becomes the name of an embedding, and "
+                "the WebUI cannot read names with a dot; choose a word without one",
+            )
+        ]
+    return []
+
+
 def _job_checks(v: dict[str, Any]) -> Problems:
-    return _trigger_checks(v) + _dreambooth_checks(v) + _finetune_checks(v)
+    return _trigger_checks(v) + _dreambooth_checks(v) + _finetune_checks(v) + _learn_trigger_checks(v)
 
 
 CROSS_CHECKS: dict[type, Callable[[dict[str, Any]], Problems]] = {

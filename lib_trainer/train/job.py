@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..data.buckets import BucketManager, validate_bucket_settings
+from ..data.captions import build_caption
 from ..data.errors import DatasetError
 from ..data.latent_cache import LatentCache
 from ..data.scan import scan_dataset
@@ -36,6 +37,7 @@ from .finetune import (
 from .lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, lora_parameters
 from .optimizers import TrainingConfigError, build_optimizer, optimizer_warnings
 from .preflight import PreflightError, preflight
+from .prior import DREAMBOOTH_MODES
 from .runner import (
     EXIT_BAD_INPUT,
     EXIT_CANCELLED,
@@ -53,6 +55,7 @@ from .runner import (
     write_job_file,
 )
 from .schedulers import build_scheduler, resolve_warmup_steps
+from .trigger_embedding import TriggerEmbedding, embedding_steps, starting_vectors, token_ids
 
 log = logging.getLogger("lib_trainer")
 CLASS_IMAGE_CACHE = (
@@ -141,7 +144,7 @@ def cache_latents(ctx: TrainContext) -> None:
 def setup_prior(ctx: TrainContext) -> None:
     """The class half of DreamBooth (before the LoRA layers exist, so class images come from the base model)."""
     from .class_images import ClassImageSettings, ClassImagesStopped, ensure_class_images, model_fingerprint
-    from .prior import DREAMBOOTH_MODES, LORA_OFF, TRIGGER_OFF, ClassImagePrior, LoraOffPrior, TriggerOffPrior
+    from .prior import LORA_OFF, TRIGGER_OFF, ClassImagePrior, LoraOffPrior, TriggerOffPrior
 
     spec = ctx.spec
     if spec.mode not in DREAMBOOTH_MODES:
@@ -287,6 +290,15 @@ def add_networks(ctx: TrainContext) -> None:
     ctx.ema = make_ema(ctx)
     per_epoch, total, epochs = steps_plan(spec, len(ctx.data.batches(0)))
     ctx.steps_per_epoch, ctx.total_steps, ctx.num_epochs = per_epoch, total, epochs
+    if ctx.base.trigger_embedding is not None:
+        net = spec.network
+        ctx.events.emit(
+            "info",
+            message=f'learning the trigger word "{spec.dataset.trigger_word}": '
+            f"{net.trigger_vectors} vector(s) per text encoder, starting from "
+            f'"{net.trigger_init or spec.dataset.trigger_word}", trained for the first '
+            f"{embedding_steps(net.trigger_train_fraction, total)} of {total} steps",
+        )
     if is_full_finetune(spec):
         space = disk_space_warning(spec, ctx.resolved.checkpoint, ctx.resolved.output_dir, epochs)
         if space:
@@ -321,7 +333,69 @@ def _lora_param_groups(ctx: TrainContext) -> list[dict]:
     for group in groups:  # trainable weights stay fp32 under autocast (kohya does the same)
         for p in group["params"]:
             p.data = p.data.float()
+    if net.learn_trigger:
+        groups.append(_trigger_embedding_group(ctx))
     return groups
+
+
+def _trigger_embedding_group(ctx: TrainContext) -> dict:
+    """network.learn_trigger: vectors for the trigger word, trained with the LoRA (trigger_embedding.py says
+    why their step is scaled rather than given its own learning rate). No weight decay: it would pull the
+    vectors towards the word's starting point at a rate that depends on the optimizer."""
+    spec, base = ctx.spec, ctx.base
+    net, word = spec.network, spec.dataset.trigger_word
+    start = starting_vectors(
+        base.text_encoders, base.tokenizers, net.trigger_init or word, net.trigger_vectors
+    )
+    trigger = TriggerEmbedding(word, base.tokenizers, start, net.trigger_step_scale, trainable=True)
+    trigger.to(ctx.device).attach(base.text_encoders)
+    base.trigger_embedding = trigger
+    _check_trigger_in_captions(ctx, trigger)
+    return {"params": trigger.parameters(), "lr": spec.training.learning_rate, "weight_decay": 0.0}
+
+
+def _check_trigger_in_captions(ctx: TrainContext, trigger: TriggerEmbedding) -> None:
+    """An embedding for a word no caption uses would never train: refuse that, and name the captions that
+    miss it (those images then teach the LoRA without the word)."""
+    spec = ctx.spec
+    prompt = spec.dreambooth.instance_prompt if spec.mode in DREAMBOOTH_MODES else ""
+    word_ids = trigger.word_ids[0]
+    tokenizer = ctx.base.tokenizers[0]
+
+    def has_word(text: str) -> bool:
+        ids = token_ids(tokenizer, text)
+        return any(ids[i : i + len(word_ids)] == word_ids for i in range(len(ids)))
+
+    if prompt:
+        captions = {"dreambooth.instance_prompt": prompt.replace("{trigger}", spec.dataset.trigger_word)}
+    else:
+        captions = {
+            item.path.name: build_caption(
+                item.caption,
+                class_tokens=item.class_tokens,
+                trigger_word=spec.dataset.trigger_word,
+                prepend_trigger=spec.dataset.prepend_trigger_word,
+                shuffle=False,
+                keep_tokens=0,
+                dropout_rate=0.0,
+                rng=random.Random(0),
+            )
+            for item in ctx.scan.items
+        }
+    missing = [name for name, text in captions.items() if not has_word(text)]
+    if len(missing) == len(captions):
+        where = "dreambooth.instance_prompt" if prompt else "any caption"
+        raise DatasetError(
+            f'network.learn_trigger is on, but the trigger word "{spec.dataset.trigger_word}" is not in {where}; '
+            "add it to the captions or turn on dataset.prepend_trigger_word"
+        )
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        ctx.events.emit(
+            "warning",
+            message=f'{len(missing)} caption(s) do not contain the trigger word "{spec.dataset.trigger_word}", '
+            f"so they do not train its embedding: {shown}",
+        )
 
 
 def run_job(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..export.bundled_embedding import bundle_tensors
 from ..export.kohya_keys import export_kohya_state_dict
 from ..export.lora_file import save_lora, write_lora_sidecar_json
 from ..export.lora_names import next_free_name
@@ -60,10 +61,18 @@ def vae_identity(ctx) -> str:
     return digest.hexdigest()[:16]
 
 
+TRIGGER_STATE = "trigger/"  # resume-state keys of a learnt trigger word: trigger/te0, trigger/te1 (offsets)
+
+
 def collect_lora_state(ctx) -> dict[str, torch.Tensor]:
     out = {}
     for comp, module in trainable_components(ctx).items():
         out.update({f"{comp}/{k}": v for k, v in lora_state_dict(module).items()})
+    trigger = ctx.base.trigger_embedding
+    if trigger is not None:
+        out.update(
+            {f"{TRIGGER_STATE}te{i}": p.detach().to("cpu", copy=True) for i, p in enumerate(trigger.offsets)}
+        )
     return out
 
 
@@ -73,18 +82,35 @@ def apply_lora_state(ctx, tensors: dict[str, torch.Tensor]) -> None:
         load_lora_state_dict(
             module, {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         )
+    trigger = ctx.base.trigger_embedding
+    saved = {k: v for k, v in tensors.items() if k.startswith(TRIGGER_STATE)}
+    if (trigger is None) != (not saved):
+        raise ValueError(
+            "the saved state and this job disagree about network.learn_trigger; resume with the setting the "
+            "job started with"
+        )
+    if trigger is not None:
+        with torch.no_grad():
+            for i, p in enumerate(trigger.offsets):
+                p.copy_(saved[f"{TRIGGER_STATE}te{i}"])
 
 
 def kohya_tensors(ctx) -> dict[str, torch.Tensor]:
+    """The LoRA file's tensors; a learnt trigger word goes in as a bundled embedding named after the word."""
     net = ctx.spec.network
     alpha = net.alpha if net.alpha is not None else net.rank
-    return export_kohya_state_dict(
+    tensors = export_kohya_state_dict(
         ctx.base.unet if net.train_unet else None,
         ctx.base.text_encoders if net.train_text_encoder else [],
         ctx.base.arch.family,
         alpha,
         ctx.base.arch.unet_config,
     )
+    trigger = ctx.base.trigger_embedding
+    if trigger is not None:
+        vectors = [trigger.vectors(i) for i in range(len(ctx.base.text_encoders))]
+        tensors.update(bundle_tensors(trigger.word, vectors, ctx.base.arch.family))
+    return tensors
 
 
 def training_info(ctx, output_name: str, epoch: int) -> LoraTrainingInfo:

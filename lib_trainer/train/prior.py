@@ -56,6 +56,19 @@ def adapters_disabled(modules: list[torch.nn.Module]) -> Iterator[None]:
             layer.enable_adapters(enabled)
 
 
+@contextlib.contextmanager
+def base_model_only(base) -> Iterator[None]:
+    """The base model as the user has it: LoRA layers skipped and a learnt trigger embedding set aside (the
+    base model reads the trigger word as its ordinary tokens)."""
+    trigger = base.trigger_embedding
+    base.trigger_embedding = None
+    try:
+        with adapters_disabled([base.unet, *base.text_encoders]):
+            yield
+    finally:
+        base.trigger_embedding = trigger
+
+
 @dataclass
 class ClassImagePrior:
     """Class images bucketed like the instance data; one class batch per step, cycling through them."""

@@ -34,10 +34,11 @@ from .prior import (
     TRIGGER_OFF,
     ClassImagePrior,
     TriggerOffPrior,
-    adapters_disabled,
+    base_model_only,
     combine_prior_loss,
 )
 from .state import Progress, load_extra, load_state, save_state
+from .trigger_embedding import embedding_steps
 
 log = logging.getLogger("lib_trainer")
 
@@ -135,11 +136,13 @@ def stop_requested(ctx: TrainContext) -> bool:
 
 def _encode(ctx: TrainContext, captions: list[str]):
     base, spec = ctx.base, ctx.spec
-    with contextlib.nullcontext() if spec.network.train_text_encoder else torch.no_grad():
+    trigger = base.trigger_embedding
+    grads = spec.network.train_text_encoder or (trigger is not None and trigger.trainable)
+    with contextlib.nullcontext() if grads else torch.no_grad():
         if base.arch.is_sdxl:
-            return encode_sdxl(base.text_encoders, base.tokenizers, captions, ctx.device)
+            return encode_sdxl(base.text_encoders, base.tokenizers, captions, ctx.device, trigger)
         return encode_sd(
-            base.text_encoders[0], base.tokenizers[0], captions, spec.model.clip_skip, ctx.device
+            base.text_encoders[0], base.tokenizers[0], captions, spec.model.clip_skip, ctx.device, trigger
         ), None
 
 
@@ -206,7 +209,7 @@ def _half_loss(
     with autocast:
         pred = predict(captions)
         if base_model_target:
-            with torch.no_grad(), adapters_disabled([base.unet, *base.text_encoders]):
+            with torch.no_grad(), base_model_only(base):
                 target = predict(captions).detach()
     if not base_model_target:
         target = training_target(ctx.noise_scheduler, latents, noise, timesteps)
@@ -216,7 +219,7 @@ def _half_loss(
     other = paired.captions(captions)
     with autocast:
         pred = predict(other)
-        with torch.no_grad(), adapters_disabled([base.unet, *base.text_encoders]):
+        with torch.no_grad(), base_model_only(base):
             target = predict(other).detach()
     return combine_prior_loss(loss, loss_of(pred, target), paired.weight)
 
@@ -296,6 +299,18 @@ class _ProgressReporter:
         )
 
 
+def _set_embedding_trainable(ctx: TrainContext) -> None:
+    """A learnt trigger word trains for the first network.trigger_train_fraction of the steps only."""
+    trigger = ctx.base.trigger_embedding
+    if trigger is None:
+        return
+    wanted = ctx.progress.global_step < embedding_steps(
+        ctx.spec.network.trigger_train_fraction, ctx.total_steps
+    )
+    if trigger.trainable != wanted:
+        trigger.set_trainable(wanted)
+
+
 def train_loop(ctx: TrainContext) -> None:
     accum = ctx.spec.training.gradient_accumulation_steps
     reporter = _ProgressReporter(ctx)
@@ -308,6 +323,7 @@ def train_loop(ctx: TrainContext) -> None:
         micro = 0
         epoch_losses: list[float] = []
         for index in range(start, len(batches)):
+            _set_embedding_trainable(ctx)
             loss = compute_loss(ctx, batches[index])
             if not torch.isfinite(loss):
                 raise FloatingPointError(

@@ -70,17 +70,24 @@ def build_pipeline(base, sampler_name: str, training_scheduler):
 def text_inputs(
     base, prompt: str, negative_prompt: str, n: int, clip_skip: int, device: torch.device
 ) -> dict:
-    """Pipeline text inputs for n images. SD1/SD2: embeddings from training's own text path, so CLIP skip means
+    """Pipeline text inputs for n images, as embeddings from training's own text path: CLIP skip means
     exactly what it means in training (diffusers' own clip_skip wants a `text_model` level that transformers
-    5's CLIPTextModel no longer has). SDXL: plain prompts; its pipeline uses the penultimate layers as
-    training does."""
-    if base.arch.is_sdxl:
-        return {"prompt": [prompt] * n, "negative_prompt": [negative_prompt or ""] * n}
-    from .conditioning import encode_sd
+    5's CLIPTextModel no longer has), and a learnt trigger embedding (`base.trigger_embedding`) replaces the
+    trigger word as it did in training. SDXL's pipeline would use the same penultimate layers and pooled
+    projection."""
+    from .conditioning import encode_sd, encode_sdxl
 
-    embeds = encode_sd(
-        base.text_encoders[0], base.tokenizers[0], [prompt, negative_prompt or ""], clip_skip, device
-    )
+    texts = [prompt, negative_prompt or ""]
+    trigger = base.trigger_embedding
+    if base.arch.is_sdxl:
+        embeds, pooled = encode_sdxl(base.text_encoders, base.tokenizers, texts, device, trigger)
+        return {
+            "prompt_embeds": embeds[:1].expand(n, -1, -1),
+            "negative_prompt_embeds": embeds[1:].expand(n, -1, -1),
+            "pooled_prompt_embeds": pooled[:1].expand(n, -1),
+            "negative_pooled_prompt_embeds": pooled[1:].expand(n, -1),
+        }
+    embeds = encode_sd(base.text_encoders[0], base.tokenizers[0], texts, clip_skip, device, trigger)
     return {
         "prompt_embeds": embeds[:1].expand(n, -1, -1),
         "negative_prompt_embeds": embeds[1:].expand(n, -1, -1),

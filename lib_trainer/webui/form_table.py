@@ -179,6 +179,28 @@ _TABLE: dict[str, tuple[FieldSpec, ...]] = {
            "Randomly leaves out part of the LoRA at each step, which can reduce overfitting. Usually 0 "
            "(0.1 when used); must be below 1.",
            minimum=0.0, maximum=0.99),
+        _f("network.learn_trigger", "checkbox", "Learn the trigger word",
+           "Also learns what the trigger word itself means (a textual-inversion embedding) and saves it "
+           "inside the LoRA file, so the subject comes with the trigger word and less without it. The WebUI "
+           "uses it whenever the LoRA is in the prompt. Needs a trigger word that your captions use. "
+           "Only for LoRAs (not the full fine-tune).",
+           ),
+        _f("network.trigger_vectors", "int", "Trigger word vectors",
+           "How many token slots the learnt trigger word takes in the prompt (of the 75). More can hold "
+           "more detail; 1 or 2 is usual.",
+           minimum=1, maximum=16, step=1),
+        _f("network.trigger_init", "text", "Start the trigger word from",
+           "A word or two close to your subject (e.g. \"dog\") for the learnt trigger word to start from. "
+           "Empty = the trigger word itself.",
+           placeholder="empty = the trigger word"),
+        _f("network.trigger_step_scale", "number", "Trigger word step scale",
+           "How much faster the trigger word learns than the LoRA (a multiplier on the optimizer's step). "
+           "30 by default; lower it if samples turn into noise early.",
+           minimum=0.01, maximum=1000),
+        _f("network.trigger_train_fraction", "number", "Train the trigger word for",
+           "The share of the training steps in which the trigger word learns (1 = all of them, 0.5 = the "
+           "first half); the LoRA goes on learning after that.",
+           minimum=0.01, maximum=1.0),
     ),
     "Training": (
         _f("training.epochs", "int", "Epochs",

@@ -115,7 +115,18 @@ def _changed(base: dict, tmp_path: Path) -> dict:
         cache_latents="memory",
         cache_dir=str(tmp_path / "cache"),
     )
-    spec["network"].update(rank=32, alpha=None, train_unet=False, train_text_encoder=True, dropout=0.1)
+    spec["network"].update(
+        rank=32,
+        alpha=None,
+        train_unet=False,
+        train_text_encoder=True,
+        dropout=0.1,
+        learn_trigger=True,
+        trigger_vectors=3,
+        trigger_init="dog",
+        trigger_step_scale=10.0,
+        trigger_train_fraction=0.5,
+    )
     spec["training"].update(
         epochs=7,
         max_steps=500,
