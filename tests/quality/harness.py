@@ -16,12 +16,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from lib_trainer.export.bundled_embedding import is_bundle_key
 from lib_trainer.models.loader import BaseModel, load_base_model
 from lib_trainer.spec import spec_from_dict
 from lib_trainer.train.events import read_events
 from lib_trainer.train.job import run_job
 from lib_trainer.train.noise import make_noise_scheduler
 from lib_trainer.train.sampling import build_pipeline, text_inputs
+from lib_trainer.train.trigger_embedding import load_bundled
 
 from . import toyworld as tw
 from .judge import Judge, Verdict
@@ -92,13 +94,17 @@ def load_toy_base() -> BaseModel:
 
 
 def with_lora(lora_file: Path | None, strength: float = 1.0) -> BaseModel:
-    """A fresh toy base with the file's LoRA merged in, as the WebUI applies it; None: the base alone."""
+    """A fresh toy base with the file's LoRA merged in, as the WebUI applies it (a bundled trigger embedding
+    included: the WebUI uses it whatever the strength); None: the base alone."""
     base = load_toy_base()
     if lora_file is None:
         return base
+    tensors = load_file(str(lora_file))
+    load_bundled(base, tensors)
+    tensors = {k: v for k, v in tensors.items() if not is_bundle_key(k)}
     targets = diffusers_targets(base.unet, "lora_unet_", add_text_model=False)
     targets.update(diffusers_targets(base.text_encoders[0], "lora_te_", add_text_model=True))
-    unmatched = apply_kohya(load_file(str(lora_file)), targets, strength)
+    unmatched = apply_kohya(tensors, targets, strength)
     if unmatched:
         raise AssertionError(f"{lora_file.name}: modules the WebUI would not find: {sorted(unmatched)[:5]}")
     return base

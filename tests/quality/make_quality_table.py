@@ -65,6 +65,20 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
             "dreambooth": {"prior": "trigger-off"},
         },
     ),
+    "prodigy+learn-trigger": (
+        "lora",
+        "Prodigy, learnt trigger word (network.learn_trigger), no prior",
+        {
+            "training": _PRODIGY,
+            "dataset": {"trigger_word": tw.SUBJECT_TOKEN},
+            "network": {"learn_trigger": True},
+        },
+    ),
+    "prodigy+trigger-off+learn-trigger": (
+        "dreambooth-lora",
+        "Prodigy, min-SNR 5, UNet only, learnt trigger word, prior preservation 'trigger-off'",
+        scores.LEARNT_TRIGGER_PRIOR,
+    ),
 }
 CLASS_FOLDER_VARIANTS = ("prodigy+prior-folder",)
 JUDGED_EPOCHS = (2, 5, 10)

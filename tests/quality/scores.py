@@ -111,6 +111,17 @@ TEST_TRAINING = {"optimizer": "Prodigy", "learning_rate": 1.0}
 """What the quality tests change in the default preset: the default AdamW at 1e-4 learns the toy subject
 too slowly for CI (6 % after 800 steps, docs/quality.md); Prodigy sets its own step size and learns it."""
 
+LEARNT_TRIGGER_PRIOR = {
+    "training": TEST_TRAINING,
+    "dataset": {"trigger_word": tw.SUBJECT_TOKEN},
+    "dreambooth": {"prior": "trigger-off"},
+    "network": {"learn_trigger": True},
+}
+"""The prior-preservation recipe that binds the trigger on the toy world (docs/quality.md, "The trainer's
+learnt trigger word"): each caption is also trained without the trigger towards the base model
+(`dreambooth.prior` "trigger-off"), and the trigger word gets a learnt embedding (`network.learn_trigger`).
+Neither binds it alone."""
+
 
 def class_folder(root: Path, count: int = CLASS_PICTURES) -> Path:
     """Captioned pictures of the class, for prior preservation: the known shapes in every colour, size,

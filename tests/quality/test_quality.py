@@ -43,11 +43,10 @@ def subject_lora(tmp_path_factory) -> h.TrainedLora:
 
 @pytest.fixture(scope="module")
 def prior_scores(tmp_path_factory, judge) -> scores.Scores:
-    """The same subject, data and steps with prior preservation on a captioned folder of class pictures."""
+    """The same subject, data, steps and optimizer with prior preservation as the toy world binds the
+    trigger: `trigger-off` with a learnt trigger word (scores.LEARNT_TRIGGER_PRIOR)."""
     root = tmp_path_factory.mktemp("prior")
-    job = scores.subject_job(
-        root, "subject_prior", "dreambooth-lora", class_pictures=True, training=scores.TEST_TRAINING
-    )
+    job = scores.subject_job(root, "subject_prior", "dreambooth-lora", **scores.LEARNT_TRIGGER_PRIOR)
     return scores.score_model(h.with_lora(h.train(job, root / "job").final), judge)
 
 
@@ -72,9 +71,9 @@ def test_subject_lora_learns_the_trigger(subject_scores):
 
 
 _BINDING_GAP = (
-    "open (issue 8): on the toy model a LoRA does not bind what it learns to its trigger word: the subject "
-    "comes as often without 'ohwx' as with it, and with prior preservation it fades with the drift "
-    "(docs/quality.md, 'Why the trigger does not bind'); strict, so the fix cannot go unnoticed"
+    "open (issue 8): on the toy model a plain LoRA does not bind what it learns to its trigger word: the "
+    "subject comes as often without 'ohwx' as with it (docs/quality.md, 'Why the trigger does not bind'; "
+    "prior preservation with a learnt trigger word binds it); strict, so the fix cannot go unnoticed"
 )
 
 
@@ -86,7 +85,7 @@ def test_subject_lora_keeps_other_shapes(subject_scores, base_scores):
 
 
 def test_prior_preservation_reduces_language_drift(prior_scores, subject_scores, base_scores):
-    """Same pictures, steps and optimizer; the class pictures keep the other shapes and the class word.
+    """Same pictures, steps and optimizer; the prior keeps the other shapes and the class word.
 
     Each drift measure must fall by PRIOR_MIN_GAIN against the plain LoRA, or be within the margin that
     test_subject_lora_keeps_other_shapes holds the plain LoRA to: a fixed gain alone could never be met
@@ -106,13 +105,18 @@ def test_prior_preservation_reduces_language_drift(prior_scores, subject_scores,
     assert prior_scores.class_subject <= limit(subject_scores.class_subject, scores.LEAK_MAX), pair
 
 
-@pytest.mark.xfail(strict=True, reason=_BINDING_GAP)
 def test_subject_is_still_learnt_with_prior_preservation(prior_scores):
     assert prior_scores.trigger_subject >= scores.SUBJECT_MIN, prior_scores
     assert prior_scores.trigger_subject - prior_scores.class_subject >= scores.TRIGGER_MIN_MARGIN
 
 
-@pytest.mark.xfail(strict=True, reason=_BINDING_GAP)
+_STYLE_GAP = (
+    "open (issue 8): the style LoRA stripes the unseen shapes as often without 'in ygk style' as with it, "
+    "also with trigger-off and a learnt trigger word (docs/quality.md); strict, so the fix cannot go unnoticed"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=_STYLE_GAP)
 def test_style_lora_transfers_to_shapes_it_never_saw(tmp_path, judge):
     lora = h.train(scores.style_job(tmp_path, "style", training=scores.TEST_TRAINING), tmp_path / "job")
     result = scores.score_style(h.with_lora(lora.final), judge)
