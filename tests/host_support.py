@@ -14,6 +14,7 @@ stopping it also stops what it started), with a temp ``--data-dir`` and its outp
 
 from __future__ import annotations
 
+import ast
 import base64
 import contextlib
 import io
@@ -239,7 +240,27 @@ def mean_abs_diff(a: Generated, b: Generated) -> float:
 
 def log_problems(log_text: str) -> list[str]:
     """Lines of a host log that show the Lora loader did not load a file or some of its keys."""
-    return [line for line in log_text.splitlines() if any(p.lower() in line.lower() for p in LOG_PROBLEMS)]
+    return [
+        line
+        for line in log_text.splitlines()
+        if any(p.lower() in line.lower() for p in LOG_PROBLEMS) and not _only_bundled_embeddings(line)
+    ]
+
+
+_UNMATCHED = re.compile(r"didn't match keys: (\{.*\})\s*$")
+
+
+def _only_bundled_embeddings(line: str) -> bool:
+    """A1111's `load_network` reads `bundle_emb.*` entries as embeddings and then also lists them among the
+    keys that matched no layer (it does not skip them); a line naming only those is not a problem."""
+    match = _UNMATCHED.search(line)
+    if not match:
+        return False
+    try:
+        keys = ast.literal_eval(match.group(1))
+    except (ValueError, SyntaxError):
+        return False
+    return bool(keys) and all(str(k).startswith("bundle_emb.") for k in keys)
 
 
 def tracebacks_mentioning(

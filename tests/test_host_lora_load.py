@@ -3,7 +3,9 @@
 Unit tests check our key names and metadata against what we *believe* A1111 expects; this module asks the
 host itself. It trains a LoRA on a full-size random SD1 checkpoint, starts the WebUI offline on CPU with
 only that checkpoint and that LoRA in its model folders, and checks that the host lists the LoRA under our
-alias, that applying it changes the image, and that its loader matched every key without complaint.
+alias, that applying it changes the image, and that its loader matched every key without complaint. A second
+LoRA, trained with `network.learn_trigger`, checks that the host registers its bundled trigger embedding and
+applies it only where the prompt has the trigger word.
 
 It is opt-in (marker ``host``) and skips unless a WebUI checkout is configured:
 
