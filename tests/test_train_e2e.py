@@ -155,12 +155,16 @@ def test_exported_file_reproduces_trained_model(tmp_path, tiny_models, tiny_data
     assert torch.allclose(ya, yb, atol=1e-5, rtol=1e-4), (ya - yb).abs().max()
 
 
-def test_resume_gives_the_same_lora(tmp_path, tiny_models, tiny_dataset):
+LEARNT_TRIGGER = {"learn_trigger": True, "trigger_vectors": 2, "trigger_train_fraction": 0.75}
+
+
+@pytest.mark.parametrize("learnt_trigger", [False, True], ids=["lora", "lora+learnt-trigger"])
+def test_resume_gives_the_same_lora(tmp_path, tiny_models, tiny_dataset, learnt_trigger):
     spec = base_spec(
         tiny_models["sd1"],
         tiny_dataset,
         tmp_path / "a",
-        network={"train_text_encoder": True},
+        network={"train_text_encoder": True, **(LEARNT_TRIGGER if learnt_trigger else {})},
         dataset={"flip_aug": True, "shuffle_captions": True, "caption_dropout": 0.2},
         training={"epochs": 4, "lr_scheduler": "cosine", "optimizer": "AdamW"},
         output={"save_every_epochs": 0},
@@ -178,6 +182,7 @@ def test_resume_gives_the_same_lora(tmp_path, tiny_models, tiny_dataset):
     assert code == 0, events[-1]
     resumed = load_file(str(tmp_path / "b" / "t.safetensors"))
     assert set(resumed) == set(straight)
+    assert any(k.startswith("bundle_emb.") for k in straight) == learnt_trigger
     for key in straight:
         assert torch.allclose(straight[key], resumed[key], atol=1e-6), key
 
