@@ -963,6 +963,8 @@ REQUIRED_FLAGS = {
     "--lr-scheduler": "training.lr_scheduler",
     "--mixed-precision": "training.mixed_precision",
     "--train-text-encoder": "network.train_text_encoder",
+    "--learn-trigger": "network.learn_trigger",
+    "--trigger-vectors": "network.trigger_vectors",
     "--text-encoder-lr": "training.text_encoder_lr",
     "--gradient-checkpointing": "training.gradient_checkpointing",
     "--model-type": "model.model_type",

@@ -404,6 +404,18 @@ CLI_FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "train the image model (UNet); --no-train-unet trains only the text encoder",
     ),
     _flag("--train-text-encoder", "network.train_text_encoder", bool, "also train the text encoder"),
+    _flag(
+        "--learn-trigger",
+        "network.learn_trigger",
+        bool,
+        "also learn an embedding for the trigger word and save it inside the LoRA file (needs --trigger-word)",
+    ),
+    _flag(
+        "--trigger-vectors",
+        "network.trigger_vectors",
+        int,
+        "how many token slots the learnt trigger word takes, 1 to 16",
+    ),
     _flag("--epochs", "training.epochs", int, "how many times to go through all images"),
     _flag("--steps", "training.max_steps", int, "stop after this many training steps; overrides --epochs"),
     _flag("--batch-size", "training.batch_size", int, "images per step, 1 to 64; more needs more VRAM"),
