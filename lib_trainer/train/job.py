@@ -55,7 +55,7 @@ from .runner import (
     write_job_file,
 )
 from .schedulers import build_scheduler, resolve_warmup_steps
-from .trigger_embedding import TriggerEmbedding, embedding_steps, starting_vectors, token_ids
+from .trigger_embedding import TriggerEmbedding, embedding_steps, starting_vectors
 
 log = logging.getLogger("lib_trainer")
 CLASS_IMAGE_CACHE = (
@@ -359,12 +359,10 @@ def _check_trigger_in_captions(ctx: TrainContext, trigger: TriggerEmbedding) -> 
     miss it (those images then teach the LoRA without the word)."""
     spec = ctx.spec
     prompt = spec.dreambooth.instance_prompt if spec.mode in DREAMBOOTH_MODES else ""
-    word_ids = trigger.word_ids[0]
     tokenizer = ctx.base.tokenizers[0]
 
-    def has_word(text: str) -> bool:
-        ids = token_ids(tokenizer, text)
-        return any(ids[i : i + len(word_ids)] == word_ids for i in range(len(ids)))
+    def has_word(text: str) -> bool:  # the training splice itself: a word cut off at 75 tokens does not count
+        return bool((trigger.tokenize(0, tokenizer, [text])[1] >= 0).any())
 
     if prompt:
         captions = {"dreambooth.instance_prompt": prompt.replace("{trigger}", spec.dataset.trigger_word)}

@@ -183,8 +183,7 @@ _TABLE: dict[str, tuple[FieldSpec, ...]] = {
            "Also learns what the trigger word itself means (a textual-inversion embedding) and saves it "
            "inside the LoRA file, so the subject comes with the trigger word and less without it. The WebUI "
            "uses it whenever the LoRA is in the prompt. Needs a trigger word that your captions use. "
-           "Only for LoRAs (not the full fine-tune).",
-           ),
+           "Only for LoRAs (not the full fine-tune)."),
         _f("network.trigger_vectors", "int", "Trigger word vectors",
            "How many token slots the learnt trigger word takes in the prompt (of the 75). More can hold "
            "more detail; 1 or 2 is usual.",
