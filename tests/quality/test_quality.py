@@ -77,18 +77,33 @@ _BINDING_GAP = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=_BINDING_GAP)
-def test_subject_lora_keeps_other_shapes(subject_scores, base_scores):
-    assert subject_scores.known_subject <= scores.LEAK_MAX, "the subject shows up without its trigger"
-    drift = base_scores.known_correct - subject_scores.known_correct
-    assert drift <= scores.DRIFT_MAX, (base_scores, subject_scores)
+@pytest.mark.parametrize(
+    "scores_fixture",
+    [
+        pytest.param(
+            "subject_scores", id="plain-lora", marks=pytest.mark.xfail(strict=True, reason=_BINDING_GAP)
+        ),
+        pytest.param("prior_scores", id="prior-preservation"),
+    ],
+)
+def test_subject_lora_keeps_other_shapes(scores_fixture, request, base_scores):
+    """Language drift within the stated margins: the known shapes drawn right at most DRIFT_MAX below the
+    base model, and the subject in at most LEAK_MAX of their pictures and of the bare class prompt's."""
+    lora_scores: scores.Scores = request.getfixturevalue(scores_fixture)
+    assert lora_scores.known_subject <= scores.LEAK_MAX, (
+        "the subject shows up without its trigger",
+        lora_scores,
+    )
+    drift = base_scores.known_correct - lora_scores.known_correct
+    assert drift <= scores.DRIFT_MAX, (base_scores, lora_scores)
+    assert lora_scores.class_subject <= scores.LEAK_MAX, ("the class prompt draws the subject", lora_scores)
 
 
 def test_prior_preservation_reduces_language_drift(prior_scores, subject_scores, base_scores):
     """Same pictures, steps and optimizer; the prior keeps the other shapes and the class word.
 
     Each drift measure must fall by PRIOR_MIN_GAIN against the plain LoRA, or be within the margin that
-    test_subject_lora_keeps_other_shapes holds the plain LoRA to: a fixed gain alone could never be met
+    test_subject_lora_keeps_other_shapes holds both LoRAs to: a fixed gain alone could never be met
     once the plain LoRA stops drifting, and the two tests would exclude each other."""
 
     def limit(plain_drift: float, margin: float) -> float:
@@ -111,8 +126,10 @@ def test_subject_is_still_learnt_with_prior_preservation(prior_scores):
 
 
 _STYLE_GAP = (
-    "open (issue 8): the style LoRA stripes the unseen shapes as often without 'in ygk style' as with it, "
-    "also with trigger-off and a learnt trigger word (docs/quality.md); strict, so the fix cannot go unnoticed"
+    "open (issue 8): the style LoRA stripes the unseen shapes without 'in ygk style' too, also with trigger-off "
+    "and a learnt trigger word; with the empty prompt paired as well the style is bound in the model's own "
+    "prediction (3 % without the trigger at guidance 1) and guidance 7 multiplies the rest (docs/quality.md); "
+    "strict, so the fix cannot go unnoticed"
 )
 
 
