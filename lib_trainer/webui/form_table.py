@@ -181,7 +181,8 @@ _TABLE: dict[str, tuple[FieldSpec, ...]] = {
            minimum=0.0, maximum=0.99),
         _f("network.learn_trigger", "checkbox", "Learn the trigger word",
            "Also learns what the trigger word itself means (a textual-inversion embedding) and saves it "
-           "inside the LoRA file, so the subject comes with the trigger word and less without it. The WebUI "
+           "inside the LoRA file. Together with the prior \"trigger-off\" it ties the subject to the trigger "
+           "word; on its own it did not keep the subject out of other prompts in our tests. The WebUI "
            "uses it whenever the LoRA is in the prompt. Needs a trigger word that your captions use. "
            "Only for LoRAs (not the full fine-tune)."),
         _f("network.trigger_vectors", "int", "Trigger word vectors",
