@@ -110,9 +110,9 @@ def run_variant(name: str, root: Path, judge) -> list[dict]:
 
 STYLE_HEADER = (
     "| style LoRA (Prodigy) | steps | striped, trained shapes | striped, unseen shapes | unseen shape kept "
-    "| striped without trigger |"
+    "| unseen colour kept | striped without trigger |"
 )
-STYLE_COLUMNS = ("seen_striped", "unseen_striped", "unseen_shape", "plain_striped")
+STYLE_COLUMNS = ("seen_striped", "unseen_striped", "unseen_shape", "unseen_colour", "plain_striped")
 
 
 def run_style(root: Path, judge) -> list[dict]:
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix=f"quality-{name}-") as tmp:
             rows += run_variant(name, Path(tmp), judge)
     if args.style:
-        print(f"\n{STYLE_HEADER}\n|" + "---|" * 6)
+        print(f"\n{STYLE_HEADER}\n|" + "---|" * (STYLE_HEADER.count("|") - 1))
         with tempfile.TemporaryDirectory(prefix="quality-style-") as tmp:
             rows += run_style(Path(tmp), judge)
     if args.json:

@@ -33,6 +33,10 @@ the subject leaking into them, the subject on the bare class prompt), as a share
 measure is within its margin (DRIFT_MAX, LEAK_MAX) anyway."""
 STYLE_MIN = 0.5
 STYLE_MIN_SHAPE = 0.6
+STYLE_MIN_COLOUR = SUBJECT_MIN_COLOUR
+"""The stripes are a dark shade of the prompted colour: a style that repaints the shape in other colours has
+replaced the picture, not transferred a texture (a recipe measured 84 % striped with 31 % of the colours
+right, docs/quality.md)."""
 
 SUBJECT_DATA_SEED, STYLE_DATA_SEED, CLASS_DATA_SEED = 11, 12, 77
 CLASS_PICTURES = 100
@@ -67,6 +71,8 @@ class StyleScores:
     """'a blue triangle ..., in ygk style' on shapes the style LoRA never saw striped: striped pictures."""
     unseen_shape: float
     """... and the prompted shape is still the one drawn."""
+    unseen_colour: float
+    """... and in the prompted colour."""
     plain_striped: float
     """The same prompts without the trigger: striped anyway (leak)."""
 
@@ -103,6 +109,7 @@ def score_style(model: BaseModel, judge: Judge) -> StyleScores:
     return StyleScores(
         unseen_striped=h.rate(styled, lambda i, v: v.striped),
         unseen_shape=h.rate(styled, lambda i, v: v.shape == styled_probes[i].shape),
+        unseen_colour=h.rate(styled, lambda i, v: v.colour == styled_probes[i].colour),
         plain_striped=h.rate(plain, lambda i, v: v.striped),
     )
 

@@ -125,21 +125,48 @@ def test_subject_is_still_learnt_with_prior_preservation(prior_scores):
     assert prior_scores.trigger_subject - prior_scores.class_subject >= scores.TRIGGER_MIN_MARGIN
 
 
-_STYLE_GAP = (
-    "open (issue 8): the style LoRA stripes the unseen shapes without 'in ygk style' too, also with trigger-off "
-    "and a learnt trigger word; with the empty prompt paired as well the style is bound in the model's own "
-    "prediction (3 % without the trigger at guidance 1) and guidance 7 multiplies the rest (docs/quality.md); "
-    "strict, so the fix cannot go unnoticed"
+@pytest.fixture(scope="module")
+def style_scores(tmp_path_factory, judge) -> scores.StyleScores:
+    root = tmp_path_factory.mktemp("style")
+    lora = h.train(scores.style_job(root, "style", training=scores.TEST_TRAINING), root / "job")
+    return scores.score_style(h.with_lora(lora.final), judge)
+
+
+_STYLE_TRANSFER_GAP = (
+    "open (issue 8): the style LoRA stripes 38 % of the shapes it never saw (crosses 62 %, triangles 12 %; its "
+    "own circles 75 %); the recipe that stripes 84 % paints over the prompted colours (31 % right) "
+    "(docs/quality.md, 'Where the style goes'); strict, so the fix cannot go unnoticed"
 )
 
 
-@pytest.mark.xfail(strict=True, reason=_STYLE_GAP)
-def test_style_lora_transfers_to_shapes_it_never_saw(tmp_path, judge):
-    lora = h.train(scores.style_job(tmp_path, "style", training=scores.TEST_TRAINING), tmp_path / "job")
-    result = scores.score_style(h.with_lora(lora.final), judge)
-    assert result.unseen_shape >= scores.STYLE_MIN_SHAPE, "the style replaced the shape"
-    assert result.unseen_striped >= scores.STYLE_MIN, result
-    assert result.plain_striped <= scores.LEAK_MAX, "the style shows up without its trigger"
+@pytest.mark.xfail(strict=True, reason=_STYLE_TRANSFER_GAP)
+def test_style_lora_transfers_to_shapes_it_never_saw(style_scores):
+    """The issue's item: the texture on the triangle and the cross, which the style pictures never show,
+    with the prompted shape and colour still drawn (a style adds stripes; it does not replace the picture)."""
+    assert style_scores.unseen_shape >= scores.STYLE_MIN_SHAPE, ("the style replaced the shape", style_scores)
+    assert style_scores.unseen_colour >= scores.STYLE_MIN_COLOUR, (
+        "the style replaced the colour",
+        style_scores,
+    )
+    assert style_scores.unseen_striped >= scores.STYLE_MIN, style_scores
+
+
+_STYLE_LEAK_GAP = (
+    "open (issue 8): the style comes as often without 'in ygk style' as with it (38 % / 38 %); with the empty "
+    "prompt paired it is bound in the model's own prediction and guidance 7 multiplies the rest "
+    "(docs/quality.md, 'The style's leak is made by the guidance scale'); strict, so the fix cannot go "
+    "unnoticed"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=_STYLE_LEAK_GAP)
+def test_style_lora_stays_off_without_its_trigger(style_scores):
+    """Our bar beyond the issue's: the trigger, not just any prompt after training, brings the style."""
+    assert style_scores.plain_striped <= scores.LEAK_MAX, (
+        "the style shows up without its trigger",
+        style_scores,
+    )
+    assert style_scores.unseen_striped - style_scores.plain_striped >= scores.TRIGGER_MIN_MARGIN, style_scores
 
 
 def test_exported_file_judges_like_the_trained_model(subject_lora, subject_scores, judge, tmp_path):
