@@ -135,7 +135,9 @@ def style_scores(tmp_path_factory, judge) -> scores.StyleScores:
 _STYLE_TRANSFER_GAP = (
     "open (issue 8): the style LoRA stripes 38 % of the shapes it never saw (crosses 62 %, triangles 12 %; its "
     "own circles 75 %); the recipe that stripes 84 % paints over the prompted colours (31 % right) "
-    "(docs/quality.md, 'Where the style goes'); strict, so the fix cannot go unnoticed"
+    "(docs/quality.md, 'Where the style goes'); a full fine-tune on the same pictures loses the shapes before "
+    "the stripes come, so the base model, not the trainer, is the limit ('The base model is what holds the "
+    "style back'); strict, so the fix cannot go unnoticed"
 )
 
 
