@@ -133,6 +133,11 @@ def run_style(root: Path, judge) -> list[dict]:
     return rows
 
 
+def separator(header: str) -> str:
+    """The markdown rule under `header`, with as many columns as the header has."""
+    return "|" + "---|" * (header.count("|") - 1)
+
+
 def markdown_row(row: dict) -> str:
     cells = [row["variant"], str(row["steps"])] + [f"{row[c] * 100:.0f} %" for c in COLUMNS]
     return "| " + " | ".join(cells) + " |"
@@ -153,14 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         base = scores.score_model(h.load_toy_base(), judge, with_style=True)
     print(f"base model: {json.dumps({k: round(v, 3) for k, v in vars(base).items()})}")
     print(HEADER)
-    print("|" + "---|" * 7)
+    print(separator(HEADER))
     rows = [{"variant": "base model", "steps": 0, **vars(base)}]
     print(markdown_row(rows[0]), flush=True)
     for name in filter(None, (n.strip() for n in args.only.split(","))):
         with tempfile.TemporaryDirectory(prefix=f"quality-{name}-") as tmp:
             rows += run_variant(name, Path(tmp), judge)
     if args.style:
-        print(f"\n{STYLE_HEADER}\n|" + "---|" * (STYLE_HEADER.count("|") - 1))
+        print(f"\n{STYLE_HEADER}\n{separator(STYLE_HEADER)}")
         with tempfile.TemporaryDirectory(prefix="quality-style-") as tmp:
             rows += run_style(Path(tmp), judge)
     if args.json:
