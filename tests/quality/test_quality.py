@@ -137,7 +137,8 @@ _STYLE_TRANSFER_GAP = (
     "own circles 75 %); the recipe that stripes 84 % paints over the prompted colours (31 % right) "
     "(docs/quality.md, 'Where the style goes'); a full fine-tune on the same pictures loses the shapes before "
     "the stripes come, so the base model, not the trainer, is the limit ('The base model is what holds the "
-    "style back'); strict, so the fix cannot go unnoticed"
+    "style back'), and an outline in place of the stripes transfers no better ('An outline instead of "
+    "stripes'); strict, so the fix cannot go unnoticed"
 )
 
 
