@@ -5,7 +5,7 @@
 Deterministic for a seed and thread count (fixed datasets, seeded init, seeded augmentation); about six
 minutes on one CPU thread. The judge has to score *generated* images, decoded by a tiny VAE from an 8x8
 latent, so it trains on renders made to look like that: blurred, softened through 16 or 32 px, noisy,
-slightly colour-shifted and blotched. A few flat pictures (backgrounds or any colour) are trained toward
+slightly colour-shifted and blotched, and half of the striped ones with fainter or partial stripes. A few flat pictures (backgrounds or any colour) are trained toward
 "no idea" (uniform targets), so that an empty or collapsed picture gets low confidence, not a confident guess.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import struct
 import sys
 import time
@@ -37,9 +38,31 @@ BLANK_EVERY = 32
 # --- data -------------------------------------------------------------------------------------------------
 
 
-def render_set(items: list[tuple[tw.Scene, dict]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clean renders as uint8 (N, 3, 64, 64) and class indices (N, heads) in HEADS order."""
-    pixels = np.stack([np.asarray(tw.render(scene), dtype=np.uint8) for scene, _ in items])
+FADED_SHARE = 0.5
+"""Share of the styled training scenes drawn faded (`faded_render`): without them the judge called pictures
+with clear but fainter or partial stripes plain with certainty (docs/quality.md, "The judge missed faint
+stripes")."""
+
+
+def faded_render(scene: tw.Scene, rng: random.Random) -> Image.Image:
+    """One random faded version of a styled scene: stripes 45-100 % as dark, and half of the time on only part
+    of the shape (a line through it at any angle, a third to nine tenths of the shape striped)."""
+    strength = rng.uniform(0.45, 1.0)
+    offset = rng.uniform(-0.3, 0.8) if rng.random() < 0.5 else 10.0
+    return tw.render_faded(scene, strength, rng.uniform(0, 360), offset)
+
+
+def render_set(
+    items: list[tuple[tw.Scene, dict]], faded: float = 0.0, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Renders as uint8 (N, 3, 64, 64) and class indices (N, heads) in HEADS order; a `faded` share of the
+    styled scenes drawn by `faded_render` (seeded), the rest clean."""
+    rng = random.Random(seed)
+    images = [
+        faded_render(scene, rng) if scene.has_style and rng.random() < faded else tw.render(scene)
+        for scene, _ in items
+    ]
+    pixels = np.stack([np.asarray(image, dtype=np.uint8) for image in images])
     targets = [[int(truth[name]) for name in HEADS] for _, truth in items]
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), torch.tensor(targets)
 
@@ -227,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--eval-seed must differ from --seed: the held-out set has to be held out")
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    x, y = render_set(tw.judge_set(args.seed, args.n_train))
+    x, y = render_set(tw.judge_set(args.seed, args.n_train), FADED_SHARE, args.seed)
     eval_items = tw.judge_set(args.eval_seed, args.n_eval)
     x_eval, _ = render_set(eval_items)
     print(

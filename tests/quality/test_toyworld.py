@@ -155,6 +155,21 @@ def test_style_paints_dark_diagonal_stripes_inside_the_shape():
     assert np.array_equal(full[28:36, 29:37], full[27:35, 30:38])
 
 
+def test_render_faded_fades_and_limits_the_stripes():
+    scene = tw.make_scene("square", "blue", "large", "center", "white", tw.STYLE_NAME)
+    plain = _pixels(tw.make_scene("square", "blue", "large", "center", "white"))
+    full = _pixels(scene)
+    assert np.abs(np.asarray(tw.render_faded(scene, 1.0, 0, 10.0), dtype=np.float32) - full).max() <= 0.5
+    assert np.abs(np.asarray(tw.render_faded(scene, 0.0, 0, 10.0), dtype=np.float32) - plain).max() <= 0.5
+    half = np.asarray(tw.render_faded(scene, 0.5, 0, 10.0), dtype=np.float32)
+    assert np.allclose(half, (full + plain) / 2, atol=1)
+    # angle 0, offset 0: the stripes stay left of the centre line
+    left = np.asarray(tw.render_faded(scene, 1.0, 0, 0.0), dtype=np.float32)
+    assert np.array_equal(left[:, :31], full[:, :31]) and np.array_equal(left[:, 33:], plain[:, 33:])
+    with pytest.raises(ValueError, match="styled"):
+        tw.render_faded(tw.make_scene("square", "blue"), 1.0, 0, 0)
+
+
 # --- held-out concepts and presets ------------------------------------------------------------------------
 
 

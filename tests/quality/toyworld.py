@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -276,6 +276,24 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
         fill[dark] = np.round(np.asarray(COLOURS[scene.colour]) * STRIPE_SHADE).astype(np.uint8)
     image = Image.composite(Image.fromarray(fill, "RGB"), background, _mask_hi(scene, size))
     return image.resize((size, size), Image.Resampling.BOX)
+
+
+def render_faded(scene: Scene, strength: float, angle: float, offset: float, size: int = 64) -> Image.Image:
+    """The styled scene as a small model paints it: the style at `strength` (1 = as `render`, 0.5 = dark
+    bands half as dark) and, for `offset` < 1, only on one side of a line through the shape at `angle`
+    degrees, `offset` x radius from its centre (0: half of it). Generated pictures carry stripes like these,
+    which a human still calls striped; the judge is trained and tested on them (docs/quality.md, "The judge
+    missed faint stripes")."""
+    if not scene.has_style:
+        raise ValueError("render_faded needs a styled scene")
+    styled = np.asarray(render(scene, size), dtype=np.float32)
+    plain = np.asarray(render(replace(scene, style="plain"), size), dtype=np.float32)
+    ys, xs = (np.mgrid[0:size, 0:size] + 0.5) / size
+    a = math.radians(angle)
+    side = (xs - scene.center[0]) * math.cos(a) + (ys - scene.center[1]) * math.sin(a)
+    region = (side <= offset * scene.radius).astype(np.float32)[..., None]
+    out = plain + strength * region * (styled - plain)
+    return Image.fromarray(np.round(out).clip(0, 255).astype(np.uint8), "RGB")
 
 
 def _mask_hi(scene: Scene, size: int) -> Image.Image:
