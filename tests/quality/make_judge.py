@@ -5,8 +5,9 @@
 Deterministic for a seed and thread count (fixed datasets, seeded init, seeded augmentation); about six
 minutes on one CPU thread. The judge has to score *generated* images, decoded by a tiny VAE from an 8x8
 latent, so it trains on renders made to look like that: blurred, softened through 16 or 32 px, noisy,
-slightly colour-shifted and blotched, and half of the striped ones with fainter or partial stripes. A few flat pictures (backgrounds or any colour) are trained toward
-"no idea" (uniform targets), so that an empty or collapsed picture gets low confidence, not a confident guess.
+slightly colour-shifted and blotched, and half of the striped ones with fainter or partial stripes. A few
+flat pictures (backgrounds or any colour) are trained toward "no idea" (uniform targets), so that an empty or
+collapsed picture gets low confidence, not a confident guess.
 """
 
 from __future__ import annotations

@@ -279,11 +279,11 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
 
 
 def render_faded(scene: Scene, strength: float, angle: float, offset: float, size: int = 64) -> Image.Image:
-    """The styled scene as a small model paints it: the style at `strength` (1 = as `render`, 0.5 = dark
-    bands half as dark) and, for `offset` < 1, only on one side of a line through the shape at `angle`
-    degrees, `offset` x radius from its centre (0: half of it). Generated pictures carry stripes like these,
-    which a human still calls striped; the judge is trained and tested on them (docs/quality.md, "The judge
-    missed faint stripes")."""
+    """The styled scene as a small model paints it: the style at `strength` (1: as `render`; 0.5: each pixel
+    half-way between plain and styled) and only on the side of a line through the shape, at `angle` degrees,
+    that lies within `offset` x radius of its centre (0: half of the shape; 10: all of it). Generated pictures
+    carry stripes like these, which a human still calls striped; the judge is trained and tested on them
+    (docs/quality.md, "The judge missed faint stripes")."""
     if not scene.has_style:
         raise ValueError("render_faded needs a styled scene")
     styled = np.asarray(render(scene, size), dtype=np.float32)
