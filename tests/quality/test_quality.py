@@ -133,9 +133,9 @@ def style_scores(tmp_path_factory, judge) -> scores.StyleScores:
 
 
 _STYLE_TRANSFER_GAP = (
-    "open (issue 8): the style LoRA stripes 44 % of the shapes it never saw (its own circles and squares 72 %; "
-    "the judge reads faint and partial stripes, docs/quality.md 'The judge missed faint stripes'); the recipe "
-    "that stripes 84 % paints over the prompted colours (31 % right) "
+    "open (issue 8): the style LoRA stripes 44 % of the shapes it never saw (its own circles and "
+    "squares 72 %; the judge reads faint and partial stripes, docs/quality.md 'The judge missed faint "
+    "stripes'); the recipe that stripes 84 % paints over the prompted colours (31 % right) "
     "(docs/quality.md, 'Where the style goes'); a full fine-tune on the same pictures loses the shapes before "
     "the stripes come, so the base model, not the trainer, is the limit ('The base model is what holds the "
     "style back'), an outline in place of the stripes transfers no better ('An outline instead of "
@@ -157,8 +157,8 @@ def test_style_lora_transfers_to_shapes_it_never_saw(style_scores):
 
 
 _STYLE_LEAK_GAP = (
-    "open (issue 8): the style comes almost as often without 'in ygk style' as with it (41 % / 44 %); with the empty "
-    "prompt paired it is bound in the model's own prediction and guidance 7 multiplies the rest "
+    "open (issue 8): the style comes almost as often without 'in ygk style' as with it (41 % / 44 %); "
+    "with the empty prompt paired it is bound in the model's own prediction and guidance 7 multiplies the rest "
     "(docs/quality.md, 'The style's leak is made by the guidance scale'); strict, so the fix cannot go "
     "unnoticed"
 )
