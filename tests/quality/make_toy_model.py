@@ -201,6 +201,8 @@ def train_unet(
     seed: int,
     init: Path | None,
     padding_weight: float = 0.0,
+    unet_width: int | None = None,
+    text_width: int | None = None,
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
     """From random weights, or (`init`) continuing from a toy checkpoint's UNet and text encoder.
     `padding_weight` > 0 adds `padding_penalty` to the loss (an experiment; the committed model has 0)."""
@@ -213,7 +215,8 @@ def train_unet(
     empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
 
     if init is None:
-        unet, text_encoder = tm.new_unet(), tm.new_text_encoder()
+        unet = tm.new_unet(unet_width, text_width)
+        text_encoder = tm.new_text_encoder(text_width)
     else:
         from lib_trainer.models.loader import load_base_model
 
@@ -295,6 +298,14 @@ def main(argv: list[str] | None = None) -> int:
         help="weight of the padding penalty (an experiment, see padding_penalty; the committed model: 0)",
     )
     ap.add_argument(
+        "--unet-width",
+        type=int,
+        help="UNet channels on every level (the committed model: 128; 64 until 2026-11-23)",
+    )
+    ap.add_argument(
+        "--text-width", type=int, help="text encoder width (the committed model: 64; 32 until 2026-11-23)"
+    )
+    ap.add_argument(
         "--init", type=Path, help="continue stage 2 from this toy checkpoint instead of random weights"
     )
     args = ap.parse_args(argv)
@@ -322,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         args.unet_seed,
         args.init,
         args.padding_penalty,
+        args.unet_width,
+        args.text_width,
     )
     recipe = {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("work", "out")

@@ -44,6 +44,8 @@ CLASS_PICTURES = 100
 CLASS_GENERIC_PROB = 0.3
 """Share of class captions that call the shape just "shape", so the class prompt is regularised too."""
 DATASET_SIZE = 8
+STYLE_REPEATS = 7
+"""12 style pictures x 7 repeats x 10 epochs = 840 steps, about the subject's 800."""
 KNOWN_SEEDS = (101, 102)
 TRIGGER_SEEDS = (201, 202, 203, 204)
 CLASS_PROMPT = f"a {tw.SUBJECT_CLASS}"
@@ -169,12 +171,12 @@ def subject_job(
 
 
 def style_job(root: Path, name: str, **sections: dict) -> dict:
-    """~8 striped circles and squares captioned '..., in ygk style', 10 repeats, 10 epochs."""
+    """12 striped circles and squares, each shape in every colour, captioned '..., in ygk style'."""
     data = tw.write_dataset(
         root / "data",
-        tw.style_set(STYLE_DATA_SEED, DATASET_SIZE),
+        tw.style_set(STYLE_DATA_SEED),
         "mixed",
-        repeats=h.SUBJECT_REPEATS,
+        repeats=STYLE_REPEATS,
         name=tw.STYLE_PHRASE,
         seed=STYLE_DATA_SEED,
     )

@@ -132,19 +132,6 @@ def style_scores(tmp_path_factory, judge) -> scores.StyleScores:
     return scores.score_style(h.with_lora(lora.final), judge)
 
 
-_STYLE_TRANSFER_GAP = (
-    "open (issue 8): the style LoRA stripes 44 % of the shapes it never saw (its own circles and "
-    "squares 72 %; the judge reads faint and partial stripes, docs/quality.md 'The judge missed faint "
-    "stripes'); the recipe that stripes 84 % paints over the prompted colours (31 % right) "
-    "(docs/quality.md, 'Where the style goes'); a full fine-tune on the same pictures loses the shapes before "
-    "the stripes come, so the base model, not the trainer, is the limit ('The base model is what holds the "
-    "style back'), an outline in place of the stripes transfers no better ('An outline instead of "
-    "stripes'), nor does a base model that draws two other textures and every shape right ('Known textures "
-    "in the base model'); strict, so the fix cannot go unnoticed"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=_STYLE_TRANSFER_GAP)
 def test_style_lora_transfers_to_shapes_it_never_saw(style_scores):
     """The issue's item: the texture on the triangle and the cross, which the style pictures never show,
     with the prompted shape and colour still drawn (a style adds stripes; it does not replace the picture)."""
@@ -157,7 +144,7 @@ def test_style_lora_transfers_to_shapes_it_never_saw(style_scores):
 
 
 _STYLE_LEAK_GAP = (
-    "open (issue 8): the style comes almost as often without 'in ygk style' as with it (41 % / 44 %); "
+    "open (issue 8): the style comes almost as often without 'in ygk style' as with it (53 % / 56 %); "
     "with the empty prompt paired it is bound in the model's own prediction and guidance 7 multiplies the rest "
     "(docs/quality.md, 'The style's leak is made by the guidance scale'); strict, so the fix cannot go "
     "unnoticed"
@@ -190,6 +177,6 @@ def test_exported_file_judges_like_the_trained_model(subject_lora, subject_score
 def test_judge_sees_the_held_out_concepts_in_the_training_pictures(judge):
     """The tests above are only as good as the judge on exactly these concepts."""
     subject = judge.predict([tw.render(s) for s in tw.subject_set(5, 16)])
-    style = judge.predict([tw.render(s) for s in tw.style_set(5, 16)])
+    style = judge.predict([tw.render(s) for s in tw.style_set(5, per_colour=2)])
     assert sum(v.subject for v in subject) >= 15
-    assert sum(v.striped for v in style) >= 15
+    assert sum(v.striped for v in style) >= len(style) - 1

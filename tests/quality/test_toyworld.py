@@ -204,9 +204,13 @@ def test_subject_set_is_the_subject_in_varied_looks():
     assert len({s.position for s in scenes}) == 8 and len({s.background for s in scenes}) == 4
 
 
-def test_style_set_uses_only_its_subset_of_shapes():
-    scenes = tw.style_set(0, 24)
+def test_style_set_uses_only_its_subset_of_shapes_each_in_every_colour():
+    scenes = tw.style_set(0, per_colour=2)
+    assert len(scenes) == 2 * len(tw.COLOURS) * len(tw.STYLE_TRAIN_SHAPES)
     assert {s.shape for s in scenes} == set(tw.STYLE_TRAIN_SHAPES)
+    for shape in tw.STYLE_TRAIN_SHAPES:
+        colours = [s.colour for s in scenes if s.shape == shape]
+        assert sorted(colours) == sorted(list(tw.COLOURS) * 2)
     assert all(s.has_style and not s.has_subject for s in scenes)
     assert {s.size for s in scenes} == set(tw.STYLE_TRAIN_SIZES)
     assert set(tw.KNOWN_SHAPES) - set(tw.STYLE_TRAIN_SHAPES)  # shapes left for the transfer test

@@ -35,27 +35,30 @@ IMAGE_SIZE = 64
 
 # SD1 layout: attention on the two finer levels and in the middle, none on the coarsest (like SD1's
 # [attn, attn, attn, none]); 8 attention heads, which is what the loader assumes for every SD1 model.
+# 128 channels (64 until 2026-11-23): at 64 a style LoRA could not lay its texture on shapes it was not
+# shown without losing them (docs/quality.md, "A wider base model").
 UNET_CONFIG: dict = {
-    "block_out_channels": [64, 64, 64],
+    "block_out_channels": [128, 128, 128],
     "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     "layers_per_block": 1,
-    "cross_attention_dim": 32,
+    "cross_attention_dim": 64,
     "attention_head_dim": 8,
     "sample_size": IMAGE_SIZE // 8,
 }
 
-# OpenAI CLIP's text model (SD1's) with the real 49408-token vocabulary and 77 positions, 32 wide: the
-# toy captions use ~40 words; the width is what keeps the committed file small (the token table dominates).
+# OpenAI CLIP's text model (SD1's) with the real 49408-token vocabulary and 77 positions, 64 wide (32 until
+# 2026-11-23) with one head, as the loader rebuilds it: the toy captions use ~40 words; the width is what
+# keeps the committed file small (the token table is a quarter of it).
 TEXT_ENCODER_CONFIG: dict = {
     "vocab_size": 49408,
-    "hidden_size": 32,
-    "intermediate_size": 128,
+    "hidden_size": 64,
+    "intermediate_size": 256,
     "num_hidden_layers": 3,
     "num_attention_heads": 1,
     "max_position_embeddings": 77,
     "hidden_act": "quick_gelu",
-    "projection_dim": 32,
+    "projection_dim": 64,
     "bos_token_id": 49406,
     "eos_token_id": 49407,
     "pad_token_id": 49407,
@@ -74,10 +77,17 @@ VAE_CONFIG: dict = {
 }
 
 
-def new_unet():
+def new_unet(width: int | None = None, context_width: int | None = None):
+    """The committed recipe's UNet, or (an experiment) one `width` channels wide on every level reading a
+    `context_width` wide text encoder."""
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(**UNET_CONFIG)
+    config = dict(UNET_CONFIG)
+    if width is not None:
+        config["block_out_channels"] = [width] * len(config["block_out_channels"])
+    if context_width is not None:
+        config["cross_attention_dim"] = context_width
+    return UNet2DConditionModel(**config)
 
 
 def new_vae():
@@ -86,10 +96,20 @@ def new_vae():
     return AutoencoderKL(**VAE_CONFIG, scaling_factor=SCALING_FACTOR)
 
 
-def new_text_encoder():
+def new_text_encoder(width: int | None = None):
+    """The committed recipe's text encoder, or (an experiment) one `width` wide; one attention head per 64
+    channels, as the trainer's loader rebuilds it from the tensor shapes."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    return CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG))
+    config = dict(TEXT_ENCODER_CONFIG)
+    if width is not None:
+        config.update(
+            hidden_size=width,
+            intermediate_size=4 * width,
+            projection_dim=width,
+            num_attention_heads=max(1, width // 64),
+        )
+    return CLIPTextModel(CLIPTextConfig(**config))
 
 
 def rescale_latents(vae, latent_std: float) -> None:

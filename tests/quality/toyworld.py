@@ -505,10 +505,23 @@ def subject_set(seed: int, n: int = 8) -> list[Scene]:
     return sample_scenes(seed, n, shapes=(SUBJECT_SHAPE,), styles=("plain",))
 
 
-def style_set(seed: int, n: int = 8) -> list[Scene]:
-    """A style dataset: the held-out texture on STYLE_TRAIN_SHAPES only (medium and large), varied
-    otherwise, so a test can ask for it on shapes the LoRA never saw striped."""
-    return sample_scenes(seed, n, shapes=STYLE_TRAIN_SHAPES, sizes=STYLE_TRAIN_SIZES, styles=(STYLE_NAME,))
+def style_set(seed: int, per_colour: int = 1) -> list[Scene]:
+    """A style dataset: the held-out texture on STYLE_TRAIN_SHAPES only (medium and large), so a test can
+    ask for it on shapes the LoRA never saw striped; each of those shapes in every colour (`per_colour`
+    times), so that no colour stands for one shape in it. With a colour on one shape only, a LoRA learns
+    "yellow: the striped yellow circle" and draws that for every yellow prompt (docs/quality.md, "A wider
+    base model")."""
+    return [
+        scene
+        for i, shape in enumerate(STYLE_TRAIN_SHAPES)
+        for scene in sample_scenes(
+            seed + i,
+            len(COLOURS) * per_colour,
+            shapes=(shape,),
+            sizes=STYLE_TRAIN_SIZES,
+            styles=(STYLE_NAME,),
+        )
+    ]
 
 
 _JUDGE_STYLES: tuple[str, ...] = ("plain", "plain", "plain", STYLE_NAME, STYLE_NAME)
