@@ -3,8 +3,9 @@
     .venv/bin/python -m tests.quality.make_quality_table [--only default,prodigy] [--style] [--json out.json]
 
 Each variant trains the same held-out-subject LoRA (8 pictures x 10 repeats, 10 epochs = 800 steps at
-batch 1) through the trainer's job runner, and the epoch files it saves are judged as the quality tests
-judge them (`scores.score_model`, merged from the kohya files). Prints a Markdown table.
+batch 1; the `-2400` variants 30 epochs, as the quality tests train) through the trainer's job runner, and
+the epoch files it saves are judged as the quality tests judge them (`scores.score_model`, merged from the
+kohya files). Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
     # name: (mode, what it changes, spec sections on top of the default preset). The options are measured
     # on top of Prodigy, the setting that learns the subject within 800 steps here (see docs/quality.md).
     "default": ("lora", "default preset: AdamW 1e-4, rank 16 / alpha 8, UNet only", {}),
+    "default-2400": ("lora", "default preset, 30 epochs (the quality tests' plain subject LoRA)", {}),
+    "default+learnt-prior-2400": (
+        "dreambooth-lora",
+        "default preset, 30 epochs, prior 'trigger-off', learnt trigger word (the quality tests' prior job)",
+        scores.LEARNT_TRIGGER_PRIOR,
+    ),
     "adamw-1e-3": ("lora", "AdamW 1e-3", {"training": {"learning_rate": 1e-3}}),
     "prodigy": ("lora", "Prodigy (learning rate 1.0)", {"training": _PRODIGY}),
     "prodigy+min-snr": ("lora", "Prodigy, min-SNR gamma 5", {"training": {**_PRODIGY, "min_snr_gamma": 5.0}}),
@@ -76,12 +83,21 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
     ),
     "prodigy+trigger-off+learn-trigger": (
         "dreambooth-lora",
-        "Prodigy, min-SNR 5, UNet only, learnt trigger word, prior preservation 'trigger-off'",
-        scores.LEARNT_TRIGGER_PRIOR,
+        "Prodigy, UNet only, learnt trigger word, prior preservation 'trigger-off'",
+        {**scores.LEARNT_TRIGGER_PRIOR, "training": _PRODIGY},
     ),
 }
 CLASS_FOLDER_VARIANTS = ("prodigy+prior-folder",)
-JUDGED_EPOCHS = (2, 5, 10)
+TABLE_EPOCHS = 10
+LONG_EPOCHS = scores.SUBJECT_EPOCHS
+"""For the variants named `-2400`: the default preset's AdamW 1e-4 needs about 3x the table's steps."""
+
+
+def judged_epochs(epochs: int) -> tuple[int, ...]:
+    """A fifth, half and all of the job: 160 / 400 / 800 steps for the table's 10 epochs."""
+    return (epochs // 5, epochs // 2, epochs)
+
+
 COLUMNS = ("trigger_subject", "trigger_colour", "class_subject", "known_correct", "known_subject")
 HEADER = (
     "| variant | steps | subject with trigger | its colour | subject on class prompt | known shapes right "
@@ -92,14 +108,20 @@ HEADER = (
 def run_variant(name: str, root: Path, judge) -> list[dict]:
     mode, _, sections = VARIANTS[name]
     started = time.time()
+    epochs = LONG_EPOCHS if name.endswith("-2400") else TABLE_EPOCHS
     job = scores.subject_job(
-        root, name.replace("+", "_"), mode, class_pictures=name in CLASS_FOLDER_VARIANTS, **sections
+        root,
+        name.replace("+", "_"),
+        mode,
+        class_pictures=name in CLASS_FOLDER_VARIANTS,
+        epochs=epochs,
+        **sections,
     )
     lora = h.train(job, root / "job")
     trained = time.time() - started
     rows = []
     for epoch, step, path in lora.saved:
-        if epoch not in JUDGED_EPOCHS:
+        if epoch not in judged_epochs(epochs):
             continue
         with torch.no_grad():
             result = scores.score_model(h.with_lora(path), judge)
@@ -120,7 +142,7 @@ def run_style(root: Path, judge) -> list[dict]:
     lora = h.train(scores.style_job(root, "style", training=_PRODIGY), root / "job")
     rows = []
     for epoch, step, path in lora.saved:
-        if epoch not in JUDGED_EPOCHS:
+        if epoch not in judged_epochs(TABLE_EPOCHS):
             continue
         with torch.no_grad():
             model = h.with_lora(path)
