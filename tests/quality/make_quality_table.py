@@ -139,7 +139,7 @@ STYLE_COLUMNS = ("seen_striped", "unseen_striped", "unseen_shape", "unseen_colou
 
 def run_style(root: Path, judge) -> list[dict]:
     """The style LoRA (striped circles and squares), judged on its own shapes and on unseen ones."""
-    lora = h.train(scores.style_job(root, "style", training=_PRODIGY), root / "job")
+    lora = h.train(scores.style_job(root, "style", training=scores.STYLE_TRAINING), root / "job")
     rows = []
     for epoch, step, path in lora.saved:
         if epoch not in judged_epochs(TABLE_EPOCHS):

@@ -123,7 +123,7 @@ enough for the toy subject (75 % after 2400 steps, 53 % after a 1600-step job; d
 
 STYLE_TRAINING = {"optimizer": "Prodigy", "learning_rate": 1.0}
 """What the style test changes in the default preset: Prodigy sets its own step size and learns the stripes in
-840 steps, where the subject's 2400 steps of AdamW 1e-4 would double the suite's time."""
+840 steps; the style has not been measured with AdamW 1e-4 at the subject's 2400 steps."""
 
 LEARNT_TRIGGER_PRIOR = {
     "dataset": {"trigger_word": tw.SUBJECT_TOKEN},
