@@ -76,12 +76,21 @@ class TrainedLora:
 
 
 def train(spec: dict, job_dir: Path) -> TrainedLora:
-    """Run one job to the end; fail with the trainer's own error events if it does not finish."""
-    code = run_job(spec_from_dict(spec), job_dir)
-    events = read_events(job_dir / "events.jsonl")
+    """Run one job to the end in this process; fail with the trainer's own error events if it does not
+    finish (training_pool.TrainingPool runs jobs in trainer processes, side by side)."""
+    return trained_lora(spec["name"], run_job(spec_from_dict(spec), job_dir), job_dir)
+
+
+def trained_lora(name: str, code: int, job_dir: Path) -> TrainedLora:
+    """The files a finished job wrote, from its event stream; an AssertionError naming its errors (and the
+    end of its process log, where a crashed trainer left its last words) if it did not finish."""
+    events_file = job_dir / "events.jsonl"
+    events = read_events(events_file) if events_file.is_file() else []
     if code != 0:
         errors = [e for e in events if e.get("type") == "error"]
-        raise AssertionError(f"training {spec['name']} failed ({code}): {errors}")
+        log = job_dir / "process.log"
+        tail = log.read_text(encoding="utf-8", errors="replace")[-3000:] if log.is_file() else ""
+        raise AssertionError(f"training {name} failed ({code}): {errors}\n{tail}")
     saved = [(e["epoch"], e["step"], Path(e["path"])) for e in events if e.get("type") == "checkpoint"]
     return TrainedLora(saved[-1][2], saved, events, job_dir)
 
@@ -113,10 +122,19 @@ def with_lora(lora_file: Path | None, strength: float = 1.0) -> BaseModel:
 @torch.no_grad()
 def draw(base: BaseModel, prompt: str, seeds: Sequence[int], negative: str = "") -> list:
     """One picture per seed through the trainer's sampling path (its pipeline and its text encoding)."""
+    return draw_many(base, [prompt], seeds, negative)
+
+
+@torch.no_grad()
+def draw_many(base: BaseModel, prompts: Sequence[str], seeds: Sequence[int], negative: str = "") -> list:
+    """One picture per prompt and seed (prompt-major), all in one batch: the toy model's 8x8 latents keep a
+    core busy only in large batches. Each picture has its own seeded generator, so it is the picture `draw`
+    makes for that prompt and seed."""
     pipe = build_pipeline(base, SAMPLER, make_noise_scheduler(base.arch.prediction_type))
     pipe.set_progress_bar_config(disable=True)
-    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    inputs = text_inputs(base, prompt, negative, len(seeds), 1, torch.device("cpu"))
+    generators = [torch.Generator().manual_seed(int(s)) for _ in prompts for s in seeds]
+    per_prompt = [text_inputs(base, p, negative, len(seeds), 1, torch.device("cpu")) for p in prompts]
+    inputs = {key: torch.cat([ti[key] for ti in per_prompt]) for key in per_prompt[0]}
     return pipe(
         **inputs,
         width=IMAGE_SIZE,
@@ -152,7 +170,9 @@ def probe_sentence(colour: str, shape_words: str, background: str, style: bool =
 def judged(
     base: BaseModel, judge: Judge, probes: Sequence[Probe], seeds: Sequence[int]
 ) -> list[list[Verdict]]:
-    return [judge.predict(draw(base, p.prompt, seeds)) for p in probes]
+    pictures = draw_many(base, [p.prompt for p in probes], seeds)
+    verdicts = judge.predict(pictures)
+    return [verdicts[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(probes))]
 
 
 def rate(verdicts: list[list[Verdict]], test: Callable[[int, Verdict], bool]) -> float:

@@ -3,9 +3,9 @@
     .venv/bin/python -m tests.quality.make_quality_table [--only default,prodigy] [--style] [--json out.json]
 
 Each variant trains the same held-out-subject LoRA (8 pictures x 10 repeats, 10 epochs = 800 steps at
-batch 1; the `-2400` variants 30 epochs, as the quality tests train) through the trainer's job runner, and
-the epoch files it saves are judged as the quality tests judge them (`scores.score_model`, merged from the
-kohya files). Prints a Markdown table.
+batch 1; the `-2400` variants 30 epochs, as the quality tests train) in a trainer process of its own, as the
+WebUI starts them, one per core side by side (`training_pool`), and the epoch files it saves are judged as
+the quality tests judge them (`scores.score_model`, merged from the kohya files). Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from . import harness as h
 from . import scores
 from . import toyworld as tw
 from .judge import load_judge
+from .training_pool import TrainingPool
 
 _PRODIGY = {"optimizer": "Prodigy", "learning_rate": 1.0}
 VARIANTS: dict[str, tuple[str, str, dict]] = {
@@ -105,27 +105,36 @@ HEADER = (
 )
 
 
-def run_variant(name: str, root: Path, judge) -> list[dict]:
+def variant_job(name: str, root: Path) -> dict:
     mode, _, sections = VARIANTS[name]
-    started = time.time()
-    epochs = LONG_EPOCHS if name.endswith("-2400") else TABLE_EPOCHS
-    job = scores.subject_job(
+    return scores.subject_job(
         root,
         name.replace("+", "_"),
         mode,
         class_pictures=name in CLASS_FOLDER_VARIANTS,
-        epochs=epochs,
+        epochs=variant_epochs(name),
         **sections,
     )
-    lora = h.train(job, root / "job")
-    trained = time.time() - started
+
+
+def variant_epochs(name: str) -> int:
+    return LONG_EPOCHS if name.endswith("-2400") else TABLE_EPOCHS
+
+
+def train_seconds(lora: h.TrainedLora) -> int:
+    """From the job's start event to its end (the trainer process's own clock, loading included)."""
+    times = [e["time"] for e in lora.events if e.get("type") in ("start", "done")]
+    return round(times[-1] - times[0])
+
+
+def run_variant(name: str, lora: h.TrainedLora, judge) -> list[dict]:
     rows = []
     for epoch, step, path in lora.saved:
-        if epoch not in judged_epochs(epochs):
+        if epoch not in judged_epochs(variant_epochs(name)):
             continue
         with torch.no_grad():
             result = scores.score_model(h.with_lora(path), judge)
-        rows.append({"variant": name, "steps": step, "train_seconds": round(trained), **vars(result)})
+        rows.append({"variant": name, "steps": step, "train_seconds": train_seconds(lora), **vars(result)})
         print(markdown_row(rows[-1]), flush=True)
     return rows
 
@@ -137,9 +146,8 @@ STYLE_HEADER = (
 STYLE_COLUMNS = ("seen_striped", "unseen_striped", "unseen_shape", "unseen_colour", "plain_striped")
 
 
-def run_style(root: Path, judge) -> list[dict]:
+def run_style(lora: h.TrainedLora, judge) -> list[dict]:
     """The style LoRA (striped circles and squares), judged on its own shapes and on unseen ones."""
-    lora = h.train(scores.style_job(root, "style", training=scores.STYLE_TRAINING), root / "job")
     rows = []
     for epoch, step, path in lora.saved:
         if epoch not in judged_epochs(TABLE_EPOCHS):
@@ -165,16 +173,7 @@ def markdown_row(row: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--only", default=",".join(VARIANTS), help="comma-separated variants: " + ", ".join(VARIANTS)
-    )
-    ap.add_argument("--style", action="store_true", help="also train and judge the style LoRA")
-    ap.add_argument("--json", type=Path, help="also write the rows here")
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def judge_all(pool: TrainingPool, names: list[str], style: bool) -> list[dict]:
     judge = load_judge()
     with torch.no_grad():
         base = scores.score_model(h.load_toy_base(), judge, with_style=True)
@@ -183,13 +182,42 @@ def main(argv: list[str] | None = None) -> int:
     print(separator(HEADER))
     rows = [{"variant": "base model", "steps": 0, **vars(base)}]
     print(markdown_row(rows[0]), flush=True)
-    for name in filter(None, (n.strip() for n in args.only.split(","))):
-        with tempfile.TemporaryDirectory(prefix=f"quality-{name}-") as tmp:
-            rows += run_variant(name, Path(tmp), judge)
-    if args.style:
+    for name in names:
+        rows += run_variant(name, pool.result(name), judge)
+    if style:
         print(f"\n{STYLE_HEADER}\n{separator(STYLE_HEADER)}")
-        with tempfile.TemporaryDirectory(prefix="quality-style-") as tmp:
-            rows += run_style(Path(tmp), judge)
+        rows += run_style(pool.result("style"), judge)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--only", default=",".join(VARIANTS), help="comma-separated variants: " + ", ".join(VARIANTS)
+    )
+    ap.add_argument("--style", action="store_true", help="also train and judge the style LoRA")
+    ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument(
+        "--jobs", type=int, help="trainer processes side by side, one thread each (default: one per core)"
+    )
+    args = ap.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    torch.set_num_threads(1)  # judging shares the cores with the trainers
+    with tempfile.TemporaryDirectory(prefix="quality-table-") as tmp:
+        pool = TrainingPool(args.jobs)
+        try:
+            # all jobs are queued at once and train side by side while the finished ones are judged
+            for name in names:
+                pool.submit(name, variant_job(name, Path(tmp) / name), Path(tmp) / name / "job")
+            if args.style:
+                style = scores.style_job(Path(tmp) / "style", "style", training=scores.STYLE_TRAINING)
+                pool.submit("style", style, Path(tmp) / "style" / "job")
+            rows = judge_all(pool, names, args.style)
+        finally:
+            pool.close()
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1), encoding="utf-8")
     return 0

@@ -1,11 +1,12 @@
 """Does training work? Judged numbers on the toy world (issue 8), on the CPU in a few minutes.
 
 The toy base model (data/toy-sd1.safetensors) was pre-trained on the known shapes only; these tests train
-LoRAs on held-out concepts with the default preset through the trainer's own job runner, load them back
-from the exported kohya files, draw through the trainer's own sampling path and let the toy judge score the
-pictures. Thresholds sit below the numbers measured when they were set (docs/quality.md) with room for
-run-to-run noise across CPUs, and far above what a broken schedule, latent scale, target or caption path
-produces (those draw noise: the judge then finds the prompted shape at chance level, ~25 %).
+LoRAs on held-out concepts with the default preset in trainer processes started as the WebUI starts them
+(side by side, one per core: training_pool.py), load them back from the exported kohya files, draw through
+the trainer's own sampling path and let the toy judge score the pictures. Thresholds sit below the numbers
+measured when they were set (docs/quality.md) with room for run-to-run noise across CPUs, and far above what
+a broken schedule, latent scale, target or caption path produces (those draw noise: the judge then finds the
+prompted shape at chance level, ~25 %).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from . import scores
 from . import toyworld as tw
 from .judge import load_judge
 from .kohya_merge import attach_trainer_state
+from .training_pool import TrainingPool
 
 pytestmark = [pytest.mark.quality, pytest.mark.slow]
 
@@ -31,23 +33,41 @@ def judge():
 
 
 @pytest.fixture(scope="module")
-def base_scores(judge) -> scores.Scores:
+def training(tmp_path_factory):
+    """The module's three LoRA jobs, trained side by side in trainer processes (one per core, the longest
+    first) while the tests judge whatever is ready; killed at the end if a test run stops early."""
+    root = tmp_path_factory.mktemp("jobs")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # judging shares the cores with the trainers: more threads would only wait
+    pool = TrainingPool()
+    # the prior job: the same subject, data, steps and default preset with prior preservation as the toy
+    # world binds the trigger, `trigger-off` with a learnt trigger word (scores.LEARNT_TRIGGER_PRIOR)
+    prior = scores.subject_job(
+        root / "prior", "subject_prior", "dreambooth-lora", **scores.LEARNT_TRIGGER_PRIOR
+    )
+    pool.submit("prior", prior, root / "prior" / "job")
+    pool.submit("subject", scores.subject_job(root / "subject", "subject", "lora"), root / "subject" / "job")
+    style = scores.style_job(root / "style", "style", training=scores.STYLE_TRAINING)
+    pool.submit("style", style, root / "style" / "job")
+    yield pool
+    pool.close()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def base_scores(training, judge) -> scores.Scores:
+    """Asks for `training` only so that the jobs start before the base model is judged."""
     return scores.score_model(h.load_toy_base(), judge)
 
 
 @pytest.fixture(scope="module")
-def subject_lora(tmp_path_factory) -> h.TrainedLora:
-    root = tmp_path_factory.mktemp("subject")
-    return h.train(scores.subject_job(root, "subject", "lora"), root / "job")
+def subject_lora(training) -> h.TrainedLora:
+    return training.result("subject")
 
 
 @pytest.fixture(scope="module")
-def prior_scores(tmp_path_factory, judge) -> scores.Scores:
-    """The same subject, data, steps and default preset with prior preservation as the toy world binds the
-    trigger: `trigger-off` with a learnt trigger word (scores.LEARNT_TRIGGER_PRIOR)."""
-    root = tmp_path_factory.mktemp("prior")
-    job = scores.subject_job(root, "subject_prior", "dreambooth-lora", **scores.LEARNT_TRIGGER_PRIOR)
-    return scores.score_model(h.with_lora(h.train(job, root / "job").final), judge)
+def prior_scores(training, judge) -> scores.Scores:
+    return scores.score_model(h.with_lora(training.result("prior").final), judge)
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +139,8 @@ def test_subject_is_still_learnt_with_prior_preservation(prior_scores):
 
 
 @pytest.fixture(scope="module")
-def style_scores(tmp_path_factory, judge) -> scores.StyleScores:
-    root = tmp_path_factory.mktemp("style")
-    lora = h.train(scores.style_job(root, "style", training=scores.STYLE_TRAINING), root / "job")
-    return scores.score_style(h.with_lora(lora.final), judge)
+def style_scores(training, judge) -> scores.StyleScores:
+    return scores.score_style(h.with_lora(training.result("style").final), judge)
 
 
 def test_style_lora_transfers_to_shapes_it_never_saw(style_scores):
