@@ -9,6 +9,7 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import base_spec
 
@@ -268,3 +269,36 @@ def test_trigger_off_prior_pairs_each_picture_with_its_caption_minus_the_trigger
     assert [caption_without_trigger(c, "sks") for c in first] == pair_captions(first)
     assert not any("sks" in c for c in pair_captions(first))
     assert not (tmp_path / "jobs" / CLASS_IMAGE_CACHE).exists()
+
+
+@pytest.mark.parametrize("arch", ["sd1", "sdxl"])
+def test_trigger_off_pair_in_one_batch_equals_two_passes(tmp_path, tiny_models, tiny_dataset, arch):
+    """The pair goes through the LoRA in the instance batch's forward pass (twice the batch); its loss must
+    be exactly the one of a separate pass over the same noisy latents with the trigger-less captions towards
+    the base model's prediction for them (SDXL: its size/crop ids repeated with the latents)."""
+    spec = _spec(tiny_models, tiny_dataset, tmp_path / "out", prior="trigger-off", class_prompt="")
+    spec["model"]["checkpoint"] = str(tiny_models[arch])
+    spec["dataset"]["trigger_word"] = "sks"
+    spec["dataset"]["prepend_trigger_word"] = True
+    ctx = _context(spec, tmp_path / "jobs" / arch)
+    entries = ctx.data.batches(0)[0]
+    assert len(entries) == 2
+    seen: list[list[str]] = []
+    pair_captions = ctx.prior.captions
+    ctx.prior.captions = lambda captions: seen.append(captions) or pair_captions(captions)
+    noise_state, caption_state = ctx.noise_generator.get_state(), ctx.caption_rng.getstate()
+
+    def replay(caption_fn, **kwargs) -> torch.Tensor:
+        ctx.noise_generator.set_state(noise_state)
+        ctx.caption_rng.setstate(caption_state)
+        return _half_loss(ctx, ctx.data, ctx.latents, entries, caption_fn, **kwargs)
+
+    with torch.no_grad():
+        for name, param in ctx.base.unet.named_parameters():
+            if "lora_B" in name:  # a LoRA that changes the picture, so the pair's loss is not zero
+                param.add_(0.05)
+        total = compute_loss(ctx, entries)
+        instance = replay(lambda e: instance_captions(ctx, e))
+        pair = replay(lambda e: pair_captions(seen[0]), base_model_target=True)
+    assert pair > 1e-6
+    assert torch.allclose(total, instance + 0.7 * pair, rtol=1e-5, atol=1e-7), (total, instance, pair)
