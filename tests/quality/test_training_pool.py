@@ -53,3 +53,14 @@ def test_a_failed_job_names_the_trainers_error(tmp_path):
             pool.result("broken")
     finally:
         pool.close()
+
+
+def test_a_trainer_that_cannot_start_fails_its_job_not_the_pool(tmp_path, monkeypatch):
+    pool = TrainingPool(slots=1)
+    monkeypatch.setattr(pool, "_command", lambda job_dir, resume: [str(tmp_path / "no-such-python")])
+    try:
+        pool.submit("nowhere", _job(tmp_path, "nowhere"), tmp_path / "nowhere" / "job")
+        with pytest.raises(AssertionError, match=r"(?s)training nowhere failed \(-1\).*could not start"):
+            pool.result("nowhere")
+    finally:
+        pool.close()

@@ -98,6 +98,14 @@ class TrainingPool:
                         job.done.set()
                 while self._queue and len(self._running) < self.slots:
                     job = self._queue.pop(0)
-                    job.popen = spawn(self._command(job.job_dir, False), job.job_dir, self._env)
+                    try:
+                        job.popen = spawn(self._command(job.job_dir, False), job.job_dir, self._env)
+                    except OSError as exc:
+                        # no interpreter, no room for process.log: fail the job, not the whole pool
+                        with (job.job_dir / "process.log").open("a", encoding="utf-8") as log:
+                            log.write(f"could not start the trainer: {exc}\n")
+                        job.code = -1
+                        job.done.set()
+                        continue
                     self._running.append(job)
             time.sleep(POLL_S)
