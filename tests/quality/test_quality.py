@@ -54,6 +54,12 @@ def training(tmp_path_factory):
     torch.set_num_threads(threads)
 
 
+def take_free_cores(training: TrainingPool) -> None:
+    """Judge on the cores no trainer holds (one while the jobs run, both once they are done): a judging thread
+    that waits for a trainer's core slows both (500 s to judge the base model at two threads)."""
+    torch.set_num_threads(training.free_cores())
+
+
 @pytest.fixture(scope="module")
 def base_scores(training, judge) -> scores.Scores:
     """Asks for `training` only so that the jobs start before the base model is judged."""
@@ -62,12 +68,16 @@ def base_scores(training, judge) -> scores.Scores:
 
 @pytest.fixture(scope="module")
 def subject_lora(training) -> h.TrainedLora:
-    return training.result("subject")
+    lora = training.result("subject")
+    take_free_cores(training)
+    return lora
 
 
 @pytest.fixture(scope="module")
 def prior_scores(training, judge) -> scores.Scores:
-    return scores.score_model(h.with_lora(training.result("prior").final), judge)
+    lora = training.result("prior")
+    take_free_cores(training)
+    return scores.score_model(h.with_lora(lora.final), judge)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +150,9 @@ def test_subject_is_still_learnt_with_prior_preservation(prior_scores):
 
 @pytest.fixture(scope="module")
 def style_scores(training, judge) -> scores.StyleScores:
-    return scores.score_style(h.with_lora(training.result("style").final), judge)
+    lora = training.result("style")
+    take_free_cores(training)
+    return scores.score_style(h.with_lora(lora.final), judge)
 
 
 def test_style_lora_transfers_to_shapes_it_never_saw(style_scores):
@@ -172,8 +184,9 @@ def test_style_lora_stays_off_without_its_trigger(style_scores):
     assert style_scores.unseen_striped - style_scores.plain_striped >= scores.TRIGGER_MIN_MARGIN, style_scores
 
 
-def test_exported_file_judges_like_the_trained_model(subject_lora, subject_scores, judge, tmp_path):
+def test_exported_file_judges_like_the_trained_model(subject_lora, subject_scores, judge, tmp_path, training):
     """The fp16 kohya file, merged as the WebUI merges it, draws what the trainer's in-memory LoRA drew."""
+    take_free_cores(training)
     base = h.load_toy_base()
     state = load_file(str(subject_lora.job_dir / "state" / "lora.safetensors"))
     network = spec_from_dict(scores.subject_job(tmp_path, "x", mode="lora")).network

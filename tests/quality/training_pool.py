@@ -77,6 +77,12 @@ class TrainingPool:
                 raise AssertionError(f"training {name} was stopped before it finished")
         return trained_lora(name, job.code if job.code is not None else -1, job.job_dir)
 
+    def free_cores(self) -> int:
+        """Cores no trainer holds or is about to: how many threads judging may use without making a trainer
+        (or itself) wait. One at least: judging goes on either way."""
+        with self._lock:
+            return max(1, self.slots - len(self._running) - len(self._queue))
+
     def close(self) -> None:
         """Stop the scheduler and kill any trainer still running (their own sessions outlive pytest)."""
         self._closed.set()
