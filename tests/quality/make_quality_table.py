@@ -183,10 +183,14 @@ def judge_all(pool: TrainingPool, names: list[str], style: bool) -> list[dict]:
     rows = [{"variant": "base model", "steps": 0, **vars(base)}]
     print(markdown_row(rows[0]), flush=True)
     for name in names:
-        rows += run_variant(name, pool.result(name), judge)
+        lora = pool.result(name)
+        torch.set_num_threads(pool.free_cores())  # the cores no trainer holds (both once all are done)
+        rows += run_variant(name, lora, judge)
     if style:
         print(f"\n{STYLE_HEADER}\n{separator(STYLE_HEADER)}")
-        rows += run_style(pool.result("style"), judge)
+        lora = pool.result("style")
+        torch.set_num_threads(pool.free_cores())
+        rows += run_style(lora, judge)
     return rows
 
 
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         ap.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
-    torch.set_num_threads(1)  # judging shares the cores with the trainers
+    torch.set_num_threads(1)  # judging the base model shares the cores with the trainers
     with tempfile.TemporaryDirectory(prefix="quality-table-") as tmp:
         pool = TrainingPool(args.jobs)
         try:
