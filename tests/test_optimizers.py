@@ -14,7 +14,7 @@ from lib_trainer.train import optimizers
 from lib_trainer.train.optimizers import (
     OPTIMIZERS,
     TrainingConfigError,
-    _torch_version,
+    _has_fused_cpu_adamw,
     build_optimizer,
     describe_optimizer,
     optimizer_warnings,
@@ -82,13 +82,13 @@ def test_adamw_defaults_and_description():
     assert opt.defaults["weight_decay"] == 0.01
     assert opt.defaults["betas"] == (0.9, 0.999)
     # torch 2.4 and later have a fused CPU kernel; it is chosen by default like the CUDA one
-    assert opt.defaults["fused"] is (_torch_version() >= (2, 4))
+    assert opt.defaults["fused"] is _has_fused_cpu_adamw()
     assert describe_optimizer(opt) == "torch.optim.adamw.AdamW(weight_decay=0.01)"
 
 
 def test_adamw_fused_kernel_matches_the_loop_on_cpu():
     """The fused default must train exactly as the plain loop would (same steps, float tolerance)."""
-    if _torch_version() < (2, 4):
+    if not _has_fused_cpu_adamw():
         pytest.skip("torch before 2.4 has no fused CPU AdamW")
     groups_loop, groups_fused = _groups(1e-2), _groups(1e-2)
     loop = build_optimizer("AdamW", groups_loop, lr=1e-2, device_type="cpu", extra_args={"foreach": False})
@@ -98,7 +98,7 @@ def test_adamw_fused_kernel_matches_the_loop_on_cpu():
 
 
 def test_adamw_is_not_fused_for_an_older_torch(monkeypatch):
-    monkeypatch.setattr(optimizers, "_torch_version", lambda: (2, 1))
+    monkeypatch.setattr(optimizers, "_has_fused_cpu_adamw", lambda: False)
     opt = build_optimizer("AdamW", _groups(1e-4), lr=1e-4, device_type="cpu")
     assert not opt.defaults["fused"]
 

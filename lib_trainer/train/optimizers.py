@@ -216,10 +216,9 @@ def _fused_ok(param_groups: list[dict], device_type: str) -> bool:
     if device_type == "cuda":
         return all(p.is_cuda for p in params)
     if device_type == "cpu":
-        return _torch_version() >= (2, 4) and all(p.device.type == "cpu" for p in params)
+        return _has_fused_cpu_adamw() and all(p.device.type == "cpu" for p in params)
     return False
 
 
-def _torch_version() -> tuple[int, int]:
-    major, minor = torch.__version__.split(".")[:2]
-    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+def _has_fused_cpu_adamw() -> bool:
+    return torch.__version__ >= "2.4"  # torch's TorchVersion compares as a version, not as text

@@ -120,16 +120,10 @@ def with_lora(lora_file: Path | None, strength: float = 1.0) -> BaseModel:
 
 
 @torch.no_grad()
-def draw(base: BaseModel, prompt: str, seeds: Sequence[int], negative: str = "") -> list:
-    """One picture per seed through the trainer's sampling path (its pipeline and its text encoding)."""
-    return draw_many(base, [prompt], seeds, negative)
-
-
-@torch.no_grad()
 def draw_many(base: BaseModel, prompts: Sequence[str], seeds: Sequence[int], negative: str = "") -> list:
-    """One picture per prompt and seed (prompt-major), all in one batch: the toy model's 8x8 latents keep a
-    core busy only in large batches. Each picture has its own seeded generator, so it is the picture `draw`
-    makes for that prompt and seed."""
+    """One picture per prompt and seed (prompt-major) through the trainer's sampling path (its pipeline and its
+    text encoding), all in one batch: the toy model's 8x8 latents keep a core busy only in large batches.
+    Each picture has its own seeded generator, so it is the picture drawn alone for that prompt and seed."""
     pipe = build_pipeline(base, SAMPLER, make_noise_scheduler(base.arch.prediction_type))
     pipe.set_progress_bar_config(disable=True)
     generators = [torch.Generator().manual_seed(int(s)) for _ in prompts for s in seeds]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -36,7 +37,7 @@ def cpu_slots() -> int:
 class _Job:
     name: str
     job_dir: Path
-    popen: object | None = None
+    popen: subprocess.Popen | None = None
     code: int | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -54,7 +55,9 @@ class TrainingPool:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._command = make_trainer_command(sys.executable)
-        self._env = trainer_env({"OMP_NUM_THREADS": str(THREADS_PER_JOB), "MKL_NUM_THREADS": "1"})
+        self._env = trainer_env(
+            {"OMP_NUM_THREADS": str(THREADS_PER_JOB), "MKL_NUM_THREADS": str(THREADS_PER_JOB)}
+        )
         self._thread = threading.Thread(target=self._schedule, name="training-pool", daemon=True)
         self._thread.start()
 
