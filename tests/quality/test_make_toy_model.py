@@ -1,10 +1,10 @@
-"""The pre-training script's padding penalty (an experiment documented in docs/quality.md)."""
+"""The pre-training script's experiments (documented in docs/quality.md): the padding penalty and bf16."""
 
 from __future__ import annotations
 
 import torch
 
-from .make_toy_model import padding_penalty
+from .make_toy_model import compute_precision, padding_penalty
 
 BOS, EOS, WORD = 49406, 49407, 320
 
@@ -41,3 +41,23 @@ def test_a_caption_without_an_end_token_has_no_padding():
     tokens = torch.full((1, 6), WORD)
     context = torch.ones(1, 6, 4)
     assert padding_penalty(context, tokens, torch.zeros(6, 4) + 0.5, EOS).item() == 0.0
+
+
+def test_bf16_precision_computes_in_bf16_and_leaves_the_weights_fp32():
+    layer = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    with compute_precision("bf16"):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    assert layer.weight.dtype == torch.float32
+    y.float().sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.dtype == torch.float32
+
+
+def test_fp32_precision_changes_nothing():
+    layer = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    with compute_precision("fp32"):
+        y = layer(x)
+    assert y.dtype == torch.float32
+    assert torch.equal(y, layer(x))
