@@ -24,6 +24,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -198,17 +199,17 @@ def padding_penalty(
     return squared / empty_context[1:].pow(2).mean()
 
 
-def compute_precision(precision: str) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def compute_precision(precision: str) -> Iterator[None]:
     """bf16: autocast plus PyTorch's plain ("math") attention. Measured on this repo's 2-core AMX CPU at batch
     64: a UNet step 637 ms in fp32, 469 ms so; autocast with the default (flash) attention is slower than fp32
     (758 ms), its bf16 backward alone takes ~380 ms a step. A CPU without bf16 matrix units (AMX) gains
     nothing. Not the committed model's recipe (docs/quality.md, "A 47-minute recipe")."""
     if precision == "fp32":
-        return contextlib.nullcontext()
-    stack = contextlib.ExitStack()
-    stack.enter_context(sdpa_kernel(SDPBackend.MATH))
-    stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
-    return stack
+        yield
+        return
+    with sdpa_kernel(SDPBackend.MATH), torch.autocast("cpu", dtype=torch.bfloat16):
+        yield
 
 
 def train_unet(
