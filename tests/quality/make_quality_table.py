@@ -3,7 +3,7 @@
     .venv/bin/python -m tests.quality.make_quality_table [--only default,prodigy] [--style] [--json out.json]
 
 Each variant trains the same held-out-subject LoRA (8 pictures x 10 repeats, 10 epochs = 800 steps at
-batch 1; the `-2400` variants 30 epochs, as the quality tests train) in a trainer process of its own, as the
+batch 1; the `-long` variants `scores.SUBJECT_EPOCHS`, as the quality tests train) in a trainer process of its own, as the
 WebUI starts them, one per core side by side (`training_pool`), and the epoch files it saves are judged as
 the quality tests judge them (`scores.score_model`, merged from the kohya files). Prints a Markdown table.
 """
@@ -28,10 +28,15 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
     # name: (mode, what it changes, spec sections on top of the default preset). The options are measured
     # on top of Prodigy, the setting that learns the subject within 800 steps here (see docs/quality.md).
     "default": ("lora", "default preset: AdamW 1e-4, rank 16 / alpha 8, UNet only", {}),
-    "default-2400": ("lora", "default preset, 30 epochs (the quality tests' plain subject LoRA)", {}),
-    "default+learnt-prior-2400": (
+    "default-long": (
+        "lora",
+        f"default preset, {scores.SUBJECT_EPOCHS} epochs (the quality tests' plain subject LoRA)",
+        {},
+    ),
+    "default+learnt-prior-long": (
         "dreambooth-lora",
-        "default preset, 30 epochs, prior 'trigger-off', learnt trigger word (the quality tests' prior job)",
+        f"default preset, {scores.SUBJECT_EPOCHS} epochs, prior 'trigger-off', learnt trigger word (the quality tests' "
+        "prior job)",
         scores.LEARNT_TRIGGER_PRIOR,
     ),
     "adamw-1e-3": ("lora", "AdamW 1e-3", {"training": {"learning_rate": 1e-3}}),
@@ -90,7 +95,7 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
 CLASS_FOLDER_VARIANTS = ("prodigy+prior-folder",)
 TABLE_EPOCHS = 10
 LONG_EPOCHS = scores.SUBJECT_EPOCHS
-"""For the variants named `-2400`: the default preset's AdamW 1e-4 needs about 3x the table's steps."""
+"""For the variants named `-long`: the default preset's AdamW 1e-4 needs about 3x the table's steps."""
 
 
 def judged_epochs(epochs: int) -> tuple[int, ...]:
@@ -118,7 +123,7 @@ def variant_job(name: str, root: Path) -> dict:
 
 
 def variant_epochs(name: str) -> int:
-    return LONG_EPOCHS if name.endswith("-2400") else TABLE_EPOCHS
+    return LONG_EPOCHS if name.endswith("-long") else TABLE_EPOCHS
 
 
 def train_seconds(lora: h.TrainedLora) -> int:

@@ -1,19 +1,25 @@
 """Pre-train the toy base model on the toy world, from random weights, on the CPU.
 
-    .venv/bin/python -m tests.quality.make_toy_model            # both stages, writes data/toy-sd1.safetensors
+    .venv/bin/python -m tests.quality.make_toy_model            # everything, writes data/toy-sd1.safetensors
     .venv/bin/python -m tests.quality.make_toy_model --stage vae  # only the VAE (kept in --work)
 
-Stage 1 trains the VAE as an image codec on every toy picture (the held-out shape and style included: a
+First the VAE is trained as an image codec on every toy picture (the held-out shape and style included: a
 real SD VAE is trained on broad images and can encode anything, the UNet and text encoder are what never
-saw the held-out concepts), then rescales its latents to SD1's 0.18215. Stage 2 trains the UNet and the
-text encoder together on the known part of the world only, as SD was trained: epsilon prediction on SD's
-DDPM schedule, 10 % empty captions (so classifier-free guidance works), user-style captions with a few
-generic "shape" ones (so the class prompt means something), an EMA of the weights (what is saved).
+saw the held-out concepts), then its latents are rescaled to SD1's 0.18215. Then the UNet and the text
+encoder are trained together on the known part of the world only, as SD was trained: epsilon prediction on
+SD's DDPM schedule, 10 % empty captions (so classifier-free guidance works), user-style captions with a few
+generic "shape" ones (so the class prompt means something), an EMA of the weights (what is saved). They are
+trained in two stages (`--unet-seed 3 4`), the second on new pictures from the first's averaged weights with
+the learning rate warmed up again (docs/quality.md, "The toy base model"; faster recipes and why they are
+not the committed one: "A 47-minute recipe", "A 50-minute recipe").
 The noise schedule, timestep draws, targets and loss are the trainer's own functions.
 
-Runs are deterministic for a given seed and thread count; other thread counts or CPUs give a model of the
-same quality but not the same bytes (float summation order), which is why the committed file's sha256 is
-recorded in docs/quality.md rather than asserted.
+Runs are deterministic for a given seed and thread count (the VAE's first 201 steps, run three times at 2
+threads, end with the same weights to 16 digits of their sum); other thread counts or CPUs give a model made
+the same way but not the same weights (float summation order), and the toy subject LoRA is sensitive to such
+differences in its base model (docs/quality.md). So the committed file's sha256, and that of its tensors
+(`toy_model.tensors_sha256`: the file's own also covers the run's duration in its metadata), are recorded in
+docs/quality.md, not asserted.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from lib_trainer.train.noise import (
 from . import toy_model as tm
 from . import toyworld as tw
 
-VAE_SEED, UNET_SEED = 1, 3
+VAE_SEED, UNET_SEEDS = 1, (3, 4)
 CAPTION_VARIANTS = 4
 EMPTY_CAPTION_PROB = 0.1
 EMA_DECAY = 0.999
@@ -298,6 +304,22 @@ def train_unet(
 # --- main ---------------------------------------------------------------------------------------------------
 
 
+VAE_ARGS = ("vae_steps", "vae_batch", "vae_images", "vae_lr")
+
+
+def vae_recipe_file(vae_file: Path) -> Path:
+    return vae_file.with_suffix(".json")
+
+
+def read_vae_recipe(vae_file: Path) -> dict:
+    """The settings that made the VAE in `--work`, written beside it by `--stage vae`: a `--stage unet` run's
+    own --vae-* flags describe nothing it did, so its checkpoint records these instead."""
+    path = vae_recipe_file(vae_file)
+    if not path.is_file():
+        return {"unknown": f"{path.name} missing: {vae_file.name} was made before its settings were recorded"}
+    return json.loads(path.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", choices=("all", "vae", "unet"), default="all")
@@ -308,12 +330,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vae-batch", type=int, default=16)
     ap.add_argument("--vae-images", type=int, default=8000)
     ap.add_argument("--vae-lr", type=float, default=2e-3, help="peak learning rate (see train_vae)")
-    ap.add_argument("--unet-steps", type=int, default=3000)
+    ap.add_argument("--unet-steps", type=int, default=3000, help="steps of each UNet stage")
     ap.add_argument("--unet-batch", type=int, default=64)
-    ap.add_argument("--unet-images", type=int, default=16000)
+    ap.add_argument("--unet-images", type=int, default=16000, help="pictures of each UNet stage")
     ap.add_argument("--unet-lr", type=float, default=6e-4)
     ap.add_argument(
-        "--unet-seed", type=int, default=UNET_SEED, help="pictures, captions and noise of stage 2"
+        "--unet-seed",
+        type=int,
+        nargs="+",
+        default=list(UNET_SEEDS),
+        help="one UNet stage per seed (its pictures, captions and noise), each continuing from the one before",
     )
     ap.add_argument(
         "--padding-penalty",
@@ -333,19 +359,24 @@ def main(argv: list[str] | None = None) -> int:
         "--unet-precision",
         choices=PRECISIONS,
         default="fp32",
-        help="the UNet stage's compute precision (bf16: autocast, 1.3x faster here, see compute_precision)",
+        help="the UNet stages' compute precision (bf16: autocast, 1.3x faster here, see compute_precision)",
     )
     ap.add_argument(
-        "--init", type=Path, help="continue stage 2 from this toy checkpoint instead of random weights"
+        "--init",
+        type=Path,
+        help="start the first UNet stage from this toy checkpoint instead of random weights",
     )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     vae_file = args.work / "vae.pt"
-    started = time.time()
     if args.stage in ("all", "vae"):
+        started = time.time()
         vae = train_vae(args.vae_steps, args.vae_batch, args.vae_images, args.vae_lr)
         torch.save(vae.state_dict(), vae_file)
+        vae_recipe = {k: getattr(args, k) for k in VAE_ARGS}
+        vae_recipe.update(threads=args.threads, seconds=round(time.time() - started))
+        vae_recipe_file(vae_file).write_text(json.dumps(vae_recipe, sort_keys=True))
         log(f"vae saved to {vae_file}")
         if args.stage == "vae":
             return 0
@@ -354,32 +385,49 @@ def main(argv: list[str] | None = None) -> int:
     vae = tm.new_vae()
     vae.load_state_dict(torch.load(vae_file, weights_only=True))
     vae.eval()
+    init = args.init
+    for n, seed in enumerate(args.unet_seed, 1):
+        last = n == len(args.unet_seed)
+        # every stage but the last is written to --work and read back as a checkpoint, so that a chain of
+        # stages is exactly the chain of separate `--stage unet --init` runs
+        out = args.out if last else args.work / f"unet-stage{n}.safetensors"
+        unet_stage(args, vae, vae_file, seed, init, out)
+        init = out
+    return 0
+
+
+def unet_stage(
+    args: argparse.Namespace, vae, vae_file: Path, seed: int, init: Path | None, out: Path
+) -> None:
+    """One UNet + text encoder stage, saved to `out` with its recipe and, nested, that of the checkpoint it
+    continued from."""
+    started = time.time()
     unet, text_encoder = train_unet(
         vae,
         args.unet_steps,
         args.unet_batch,
         args.unet_images,
         args.unet_lr,
-        args.unet_seed,
-        args.init,
+        seed,
+        init,
         args.padding_penalty,
         args.unet_width,
         args.text_width,
         args.unet_precision,
     )
-    recipe = {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("work", "out")
-    }
-    if args.init is not None:
-        with safe_open(str(args.init), framework="pt") as f:
+    skip = ("work", "out", "init", "unet_seed", *VAE_ARGS)
+    recipe = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in skip}
+    recipe.update(unet_seed=seed, vae=read_vae_recipe(vae_file))
+    if init is not None:
+        with safe_open(str(init), framework="pt") as f:
             earlier = json.loads((f.metadata() or {}).get("lora_trainer.toy_model", "{}"))
-        recipe["init"] = args.init.name
+        recipe["init"] = init.name
         recipe["continues"] = earlier
     recipe.update(torch=torch.__version__, command=tm.REBUILD_COMMAND, seconds=round(time.time() - started))
-    path = tm.save_toy_checkpoint(args.out, tm.ldm_state_dict(unet, vae, text_encoder), recipe)
-    log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) sha256 {tm.sha256(path)}")
+    path = tm.save_toy_checkpoint(out, tm.ldm_state_dict(unet, vae, text_encoder), recipe)
+    size = path.stat().st_size / 1e6
+    log(f"wrote {path} ({size:.1f} MB) sha256 {tm.sha256(path)}, its tensors {tm.tensors_sha256(path)}")
     print(json.dumps(recipe))
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
-"""The pre-training script's experiments (documented in docs/quality.md): the padding penalty and bf16."""
+"""The pre-training script: its experiments (documented in docs/quality.md: the padding penalty, bf16) and what a
+checkpoint records about how it was made."""
 
 from __future__ import annotations
+
+import json
 
 import torch
 
@@ -61,3 +64,31 @@ def test_fp32_precision_changes_nothing():
         y = layer(x)
     assert y.dtype == torch.float32
     assert torch.equal(y, layer(x))
+
+
+def test_a_two_stage_checkpoint_records_its_stages_and_the_settings_that_made_its_vae(tmp_path):
+    """`--stage unet` over a VAE made earlier must not stamp its own (unused) --vae-* flags on the model."""
+    from safetensors import safe_open
+
+    from lib_trainer.models.loader import load_base_model
+
+    from .make_toy_model import main
+
+    work, out = tmp_path / "work", tmp_path / "toy.safetensors"
+    tiny_vae = ["--vae-steps", "2", "--vae-images", "8", "--vae-lr", "1e-3"]
+    tiny_unet = ["--unet-steps", "2", "--unet-images", "4", "--unet-batch", "2", "--threads", "1"]
+    two_stages = ["--unet-seed", "7", "8"]
+    threads = torch.get_num_threads()  # main() sets the process's thread count
+    try:
+        assert main(["--stage", "vae", "--work", str(work), *tiny_vae]) == 0
+        assert main(["--stage", "unet", "--work", str(work), "--out", str(out), *tiny_unet, *two_stages]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    with safe_open(str(out), framework="pt") as f:
+        recipe = json.loads(f.metadata()["lora_trainer.toy_model"])
+    assert recipe["vae"]["vae_steps"] == 2 and recipe["vae"]["vae_lr"] == 1e-3, recipe
+    assert "vae_steps" not in recipe and recipe["unet_steps"] == 2
+    # the second stage continued from the first, which --work keeps
+    assert recipe["unet_seed"] == 8 and recipe["continues"]["unet_seed"] == 7
+    assert recipe["init"] == "unet-stage1.safetensors" and (work / "unet-stage1.safetensors").is_file()
+    assert load_base_model(out).unet is not None  # the real checkpoint path reads it

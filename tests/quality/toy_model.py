@@ -160,3 +160,15 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def tensors_sha256(path: Path) -> str:
+    """A digest of the weights alone (names, dtypes, shapes, bytes): the file's own sha256 also covers its
+    metadata, whose recipe records the run's duration, so two runs that made the same model differ there."""
+    from safetensors.torch import load_file
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load_file(str(path)).items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
