@@ -2,9 +2,9 @@
 
     .venv/bin/python -m tests.quality.make_quality_table [--only default,prodigy] [--style] [--json out.json]
 
-Each variant trains the same held-out-subject LoRA (8 pictures x 10 repeats, 10 epochs = 800 steps at
-batch 1; the `-long` variants `scores.SUBJECT_EPOCHS`, as the quality tests train) in a trainer process of its own, as the
-WebUI starts them, one per core side by side (`training_pool`), and the epoch files it saves are judged as
+Each variant trains the same held-out-subject LoRA (8 pictures x 10 repeats, 10 epochs = 800 steps at batch 1;
+the `-long` variants `scores.SUBJECT_EPOCHS`, as the quality tests train) in a trainer process of its own, as
+the WebUI starts them, one per core side by side (`training_pool`), and the epoch files it saves are judged as
 the quality tests judge them (`scores.score_model`, merged from the kohya files). Prints a Markdown table.
 """
 
@@ -35,8 +35,8 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
     ),
     "default+learnt-prior-long": (
         "dreambooth-lora",
-        f"default preset, {scores.SUBJECT_EPOCHS} epochs, prior 'trigger-off', learnt trigger word (the quality tests' "
-        "prior job)",
+        f"default preset, {scores.SUBJECT_EPOCHS} epochs, prior 'trigger-off', learnt trigger word "
+        "(the quality tests' prior job)",
         scores.LEARNT_TRIGGER_PRIOR,
     ),
     "adamw-1e-3": ("lora", "AdamW 1e-3", {"training": {"learning_rate": 1e-3}}),
