@@ -12,7 +12,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,16 @@ class Preset:
     spec: dict[str, Any]  # a job-spec fragment
     builtin: bool = False
     path: str | None = None
+
+
+def default_builtin(presets: Sequence[Preset], sdxl: bool) -> Preset | None:
+    """The preset a fresh tab starts from: the first built-in for the loaded model's family (SDXL, or SD1.5
+    and the rest), else the first built-in. The quality tests train with this preset too (docs/quality.md)."""
+    builtins = [p for p in presets if p.builtin]
+    for preset in builtins:
+        if ("sdxl" in preset.title.lower()) == sdxl:
+            return preset
+    return builtins[0] if builtins else None
 
 
 # ---------------------------------------------------------------- fragments

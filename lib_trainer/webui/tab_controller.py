@@ -21,7 +21,7 @@ from .dataset_summary import render_summary_html, summarize_spec_dataset
 from .handoff import AUTO
 from .host_api import CURRENT
 from .install_status import InstallStatus
-from .presets import Preset, apply_preset
+from .presets import Preset, apply_preset, default_builtin
 from .service import CompareError, TrainerService, taken_note
 
 log = logging.getLogger("lib_trainer.webui")
@@ -143,15 +143,11 @@ class TabController:
 
     def default_preset(self) -> str:
         """A built-in preset for the loaded model's family (SDXL or SD1.5); the first one otherwise."""
-        presets = [p for p in self.service.presets.list() if p.builtin]
-        if not presets:
-            return ""
         model = self.host.loaded_model()
-        want_xl = model is not None and model.model_type == "sdxl"
-        for preset in presets:
-            if ("sdxl" in preset.title.lower()) == want_xl:
-                return preset.title
-        return presets[0].title
+        preset = default_builtin(
+            self.service.presets.list(), model is not None and model.model_type == "sdxl"
+        )
+        return preset.title if preset else ""
 
     def initial_values(self) -> list[Any]:
         """Advanced values for a fresh tab: the spec defaults with the default preset applied."""

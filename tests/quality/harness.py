@@ -1,9 +1,10 @@
 """Train, sample and judge on the toy world: the steps the quality tests and the docs table share.
 
-Training goes through the trainer's own job runner with the default preset (the job spec's defaults),
-changed only where the toy world needs it (64 px pictures on the CPU in fp32, no samples). Pictures are
-drawn through the trainer's own sampling path (`lib_trainer.train.sampling`) and a LoRA is judged as it
-comes back from its exported kohya file, merged with the WebUI's formula (`kohya_merge`).
+Training goes through the trainer's own job runner with the job spec's defaults, changed only where the toy
+world needs it (64 px pictures on the CPU in fp32, no samples), plus the settings a test names: the Train
+tab's default preset (`tab_default_preset`) for the quality tests' subject jobs, an option for a table
+variant. Pictures are drawn through the trainer's own sampling path (`lib_trainer.train.sampling`) and a LoRA
+is judged as it comes back from its exported kohya file, merged with the WebUI's formula (`kohya_merge`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lib_trainer.train.job import run_job
 from lib_trainer.train.noise import make_noise_scheduler
 from lib_trainer.train.sampling import build_pipeline, text_inputs
 from lib_trainer.train.trigger_embedding import load_bundled
+from lib_trainer.webui.presets import BUILTIN_DIR, PresetStore, default_builtin, fragment_from_spec
 
 from . import toyworld as tw
 from .judge import Judge, Verdict
@@ -43,8 +45,49 @@ PROBE_COLOURS: tuple[str, ...] = ("red", "blue", "green", "yellow")
 PROBE_BACKGROUNDS: tuple[str, ...] = ("white", "grey")
 
 
+PRESET_HARDWARE_FIELDS: dict[str, tuple[str, ...]] = {
+    "training": ("epochs", "resolution", "mixed_precision", "gradient_checkpointing"),
+    "dataset": ("cache_latents",),
+}
+"""What a built-in preset sizes for a GPU and a 512 px picture, not how the LoRA learns (and the epochs, which
+each toy job sets for its own data): left to `toy_spec`, whose 64 px CPU fp32 settings stand for them."""
+CPU_OPTIMIZERS = {"AdamW8bit": "AdamW"}
+"""bitsandbytes' 8-bit AdamW runs on CUDA only; on the CPU the toy jobs take AdamW, the same update with its
+moments kept in 32 bits instead of 8."""
+
+
+def tab_default_preset() -> dict[str, dict]:
+    """The learning settings of the preset a fresh Train tab applies to an SD1.5 model (the built-in that
+    `presets.default_builtin` picks: rank, text encoder on or off and its rate, optimizer, schedule, min-SNR),
+    as spec sections for `toy_spec`. Read from the preset file itself, so a change to the product's default
+    is what the quality tests train with."""
+    store = PresetStore(BUILTIN_DIR / "no-user-presets")
+    preset = default_builtin(store.list(), sdxl=False)
+    if preset is None:
+        raise AssertionError(f"no built-in preset in {BUILTIN_DIR}")
+    sections = fragment_from_spec(preset.spec)
+    sections.pop("mode", None)
+    for section, fields in PRESET_HARDWARE_FIELDS.items():
+        for field in fields:
+            sections.get(section, {}).pop(field, None)
+    training = sections.get("training", {})
+    if training.get("optimizer") in CPU_OPTIMIZERS:
+        training["optimizer"] = CPU_OPTIMIZERS[training["optimizer"]]
+    return {name: values for name, values in sections.items() if values}
+
+
+def merge_sections(*fragments: dict[str, dict]) -> dict[str, dict]:
+    """Spec sections merged field by field, later fragments winning."""
+    out: dict[str, dict] = {}
+    for fragment in fragments:
+        for section, values in fragment.items():
+            out.setdefault(section, {}).update(copy.deepcopy(values))
+    return out
+
+
 def toy_spec(data_dir: Path, out_dir: Path, name: str, mode: str = "lora", **sections: dict) -> dict:
-    """The default preset plus the toy world's necessities; `sections` override or add fields."""
+    """The job spec's defaults plus the toy world's necessities; `sections` override or add fields (a preset
+    from `tab_default_preset`, a table variant's options)."""
     spec: dict = {
         "spec_version": 1,
         "name": name,

@@ -1,4 +1,4 @@
-"""Quality vs steps on the toy world for the default preset and its main options (docs/quality.md).
+"""Quality vs steps on the toy world: the default preset, the job spec's defaults and the main options.
 
     .venv/bin/python -m tests.quality.make_quality_table [--only default,prodigy] [--style] [--json out.json]
 
@@ -25,19 +25,30 @@ from .training_pool import TrainingPool
 
 _PRODIGY = {"optimizer": "Prodigy", "learning_rate": 1.0}
 VARIANTS: dict[str, tuple[str, str, dict]] = {
-    # name: (mode, what it changes, spec sections on top of the default preset). The options are measured
+    # name: (mode, what it changes, spec sections on top of the job spec's defaults). The options are measured
     # on top of Prodigy, the setting that learns the subject within 800 steps here (see docs/quality.md).
-    "default": ("lora", "default preset: AdamW 1e-4, rank 16 / alpha 8, UNet only", {}),
-    "default-long": (
+    "default": ("lora", "job spec defaults: AdamW 1e-4, rank 16 / alpha 8, UNet only", {}),
+    "default-long": ("lora", f"job spec defaults, {scores.SUBJECT_EPOCHS} epochs", {}),
+    "default+learnt-prior-long": (
+        "dreambooth-lora",
+        f"job spec defaults, {scores.SUBJECT_EPOCHS} epochs, prior 'trigger-off', learnt trigger word",
+        scores.LEARNT_TRIGGER_PRIOR,
+    ),
+    "preset": (
+        "lora",
+        "default preset (the tab's for SD1.5): AdamW 1e-4, text encoder 5e-5, min-SNR 5, rank 16 / alpha 8",
+        scores.PLAIN_SUBJECT,
+    ),
+    "preset-long": (
         "lora",
         f"default preset, {scores.SUBJECT_EPOCHS} epochs (the quality tests' plain subject LoRA)",
-        {},
+        scores.PLAIN_SUBJECT,
     ),
-    "default+learnt-prior-long": (
+    "preset+learnt-prior-long": (
         "dreambooth-lora",
         f"default preset, {scores.SUBJECT_EPOCHS} epochs, prior 'trigger-off', learnt trigger word "
         "(the quality tests' prior job)",
-        scores.LEARNT_TRIGGER_PRIOR,
+        scores.PRIOR_SUBJECT,
     ),
     "adamw-1e-3": ("lora", "AdamW 1e-3", {"training": {"learning_rate": 1e-3}}),
     "prodigy": ("lora", "Prodigy (learning rate 1.0)", {"training": _PRODIGY}),
@@ -95,7 +106,7 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
 CLASS_FOLDER_VARIANTS = ("prodigy+prior-folder",)
 TABLE_EPOCHS = 10
 LONG_EPOCHS = scores.SUBJECT_EPOCHS
-"""For the variants named `-long`: the default preset's AdamW 1e-4 needs about 3x the table's steps."""
+"""For the variants named `-long`: AdamW 1e-4 needs about 3x the table's steps."""
 
 
 def judged_epochs(epochs: int) -> tuple[int, ...]:

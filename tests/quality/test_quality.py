@@ -41,12 +41,11 @@ def training(tmp_path_factory):
     torch.set_num_threads(1)  # judging shares the cores with the trainers: more threads would only wait
     pool = TrainingPool()
     # the prior job: the same subject, data, steps and default preset with prior preservation as the toy
-    # world binds the trigger, `trigger-off` with a learnt trigger word (scores.LEARNT_TRIGGER_PRIOR)
-    prior = scores.subject_job(
-        root / "prior", "subject_prior", "dreambooth-lora", **scores.LEARNT_TRIGGER_PRIOR
-    )
+    # world binds the trigger, `trigger-off` with a learnt trigger word (scores.PRIOR_SUBJECT)
+    prior = scores.subject_job(root / "prior", "subject_prior", "dreambooth-lora", **scores.PRIOR_SUBJECT)
     pool.submit("prior", prior, root / "prior" / "job")
-    pool.submit("subject", scores.subject_job(root / "subject", "subject", "lora"), root / "subject" / "job")
+    plain = scores.subject_job(root / "subject", "subject", "lora", **scores.PLAIN_SUBJECT)
+    pool.submit("subject", plain, root / "subject" / "job")
     style = scores.style_job(root / "style", "style", training=scores.STYLE_TRAINING)
     pool.submit("style", style, root / "style" / "job")
     yield pool
@@ -189,7 +188,7 @@ def test_exported_file_judges_like_the_trained_model(subject_lora, subject_score
     take_free_cores(training)
     base = h.load_toy_base()
     state = load_file(str(subject_lora.job_dir / "state" / "lora.safetensors"))
-    network = spec_from_dict(scores.subject_job(tmp_path, "x", mode="lora")).network
+    network = spec_from_dict(scores.subject_job(tmp_path, "x", "lora", **scores.PLAIN_SUBJECT)).network
     rank, alpha = network.rank, network.alpha
     attach_trainer_state(base, state, rank, alpha)
     with torch.no_grad():

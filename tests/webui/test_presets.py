@@ -15,6 +15,7 @@ from lib_trainer.webui.presets import (
     Preset,
     PresetStore,
     apply_preset,
+    default_builtin,
     fragment_from_spec,
     slugify,
 )
@@ -53,6 +54,17 @@ def test_builtins_listed_in_order(store: PresetStore) -> None:
     assert all(p.builtin and p.description and p.path for p in presets)
     assert [Path(p.path).stem for p in presets] == list(BUILTIN_ORDER)
     assert store.problems == []
+
+
+def test_default_builtin_is_the_first_of_the_models_family(store: PresetStore) -> None:
+    presets = store.list()
+    assert default_builtin(presets, sdxl=False).title == "SD1.5 · 6 GB VRAM"
+    assert default_builtin(presets, sdxl=True).title == "SDXL · 12 GB VRAM"
+    # a user preset is never the default, and with no built-in of the family the first built-in is
+    user = Preset("SDXL mine", "", {}, builtin=False)
+    only_sd15 = [user, *(p for p in presets if "SDXL" not in p.title)]
+    assert default_builtin(only_sd15, sdxl=True).title == "SD1.5 · 6 GB VRAM"
+    assert default_builtin([user], sdxl=True) is None
 
 
 @pytest.mark.parametrize("stem", BUILTIN_ORDER)
