@@ -253,7 +253,9 @@ def test_trigger_off_prior_pairs_each_picture_with_its_caption_minus_the_trigger
         instance = _half_loss(ctx, ctx.data, ctx.latents, entries, lambda e: instance_captions(ctx, e))
         # the pair reuses the instance half's noise and timesteps: no further random numbers were drawn
         assert torch.equal(ctx.noise_generator.get_state(), after_pair)
-        assert torch.allclose(total, instance, rtol=0, atol=1e-7), (total, instance)
+        # equal up to float rounding: the pair runs the UNet on twice the batch, whose CPU kernels may round
+        # differently (1 ulp on an AMD EPYC without AVX-512); a pair that added loss would add a share of it
+        assert torch.allclose(total, instance, rtol=1e-6, atol=0), (total, instance)
         for name, param in ctx.base.unet.named_parameters():
             if "lora_B" in name:
                 param.add_(0.05)
