@@ -129,8 +129,9 @@ job spec's defaults instead (UNet only, no min-SNR): their subject bound 75 % on
 against 75 % and 22 %; docs/quality.md, "The default preset")."""
 
 STYLE_TRAINING = {"optimizer": "Prodigy", "learning_rate": 1.0}
-"""What the style test changes in the default preset: Prodigy sets its own step size and learns the stripes in
-840 steps; the style has not been measured with AdamW 1e-4 at the subject's 2400 steps."""
+"""What the style test changes in the job spec's defaults (not the tab's preset, which the subject jobs take):
+Prodigy sets its own step size and learns the stripes in 840 steps; the style has not been measured with AdamW
+1e-4 at the subject's 2400 steps."""
 
 LEARNT_TRIGGER_PRIOR = {
     "dataset": {"trigger_word": tw.SUBJECT_TOKEN},
