@@ -22,6 +22,7 @@ from . import scores
 from . import toyworld as tw
 from .judge import load_judge
 from .kohya_merge import attach_trainer_state
+from .report import RUN
 from .training_pool import TrainingPool
 
 pytestmark = [pytest.mark.quality, pytest.mark.slow]
@@ -53,35 +54,48 @@ def training(tmp_path_factory):
     torch.set_num_threads(threads)
 
 
+def finished(training: TrainingPool, name: str) -> h.TrainedLora:
+    """Wait for job `name`, note its training time for the report, and take the cores it freed."""
+    lora = training.result(name)
+    seconds = training.seconds(name)
+    if seconds is not None:
+        RUN.record_seconds(name, seconds)
+    take_free_cores(training)
+    return lora
+
+
 def take_free_cores(training: TrainingPool) -> None:
     """Judge on the cores no trainer holds (one while the jobs run, both once they are done): a judging thread
     that waits for a trainer's core slows both (500 s to judge the base model at two threads)."""
     torch.set_num_threads(training.free_cores())
 
 
+def judged(name: str, values, keys: tuple[str, ...] | None = None):
+    """`values` (a scores dataclass), kept for the run's report of judged numbers."""
+    RUN.record(name, values, keys)
+    return values
+
+
 @pytest.fixture(scope="module")
 def base_scores(training, judge) -> scores.Scores:
     """Asks for `training` only so that the jobs start before the base model is judged."""
-    return scores.score_model(h.load_toy_base(), judge)
+    return judged("base model", scores.score_model(h.load_toy_base(), judge))
 
 
 @pytest.fixture(scope="module")
 def subject_lora(training) -> h.TrainedLora:
-    lora = training.result("subject")
-    take_free_cores(training)
-    return lora
+    return finished(training, "subject")
 
 
 @pytest.fixture(scope="module")
 def prior_scores(training, judge) -> scores.Scores:
-    lora = training.result("prior")
-    take_free_cores(training)
-    return scores.score_model(h.with_lora(lora.final), judge)
+    lora = finished(training, "prior")
+    return judged("prior job", scores.score_model(h.with_lora(lora.final), judge))
 
 
 @pytest.fixture(scope="module")
 def subject_scores(subject_lora, judge) -> scores.Scores:
-    return scores.score_model(h.with_lora(subject_lora.final), judge)
+    return judged("plain subject LoRA", scores.score_model(h.with_lora(subject_lora.final), judge))
 
 
 def test_base_model_draws_the_prompted_shape_and_colour(base_scores):
@@ -149,9 +163,8 @@ def test_subject_is_still_learnt_with_prior_preservation(prior_scores):
 
 @pytest.fixture(scope="module")
 def style_scores(training, judge) -> scores.StyleScores:
-    lora = training.result("style")
-    take_free_cores(training)
-    return scores.score_style(h.with_lora(lora.final), judge)
+    lora = finished(training, "style")
+    return judged("style LoRA", scores.score_style(h.with_lora(lora.final), judge))
 
 
 def test_style_lora_transfers_to_shapes_it_never_saw(style_scores):
@@ -193,6 +206,7 @@ def test_exported_file_judges_like_the_trained_model(subject_lora, subject_score
     attach_trainer_state(base, state, rank, alpha)
     with torch.no_grad():
         in_memory = scores.score_model(base, judge, subject_only=True)
+    judged("plain subject, in-memory", in_memory, ("trigger_subject", "trigger_colour"))
     assert abs(in_memory.trigger_subject - subject_scores.trigger_subject) <= 0.1, (in_memory, subject_scores)
     assert abs(in_memory.trigger_colour - subject_scores.trigger_colour) <= 0.1
 
