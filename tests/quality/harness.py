@@ -117,6 +117,12 @@ class TrainedLora:
     events: list[dict]
     job_dir: Path
 
+    @property
+    def train_seconds(self) -> float:
+        """From the job's start event to its end (the trainer process's own clock, loading included)."""
+        times = [e["time"] for e in self.events if e.get("type") in ("start", "done")]
+        return times[-1] - times[0]
+
 
 def train(spec: dict, job_dir: Path) -> TrainedLora:
     """Run one job to the end in this process; fail with the trainer's own error events if it does not

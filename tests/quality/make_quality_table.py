@@ -137,12 +137,6 @@ def variant_epochs(name: str) -> int:
     return LONG_EPOCHS if name.endswith("-long") else TABLE_EPOCHS
 
 
-def train_seconds(lora: h.TrainedLora) -> int:
-    """From the job's start event to its end (the trainer process's own clock, loading included)."""
-    times = [e["time"] for e in lora.events if e.get("type") in ("start", "done")]
-    return round(times[-1] - times[0])
-
-
 def run_variant(name: str, lora: h.TrainedLora, judge) -> list[dict]:
     rows = []
     for epoch, step, path in lora.saved:
@@ -150,7 +144,9 @@ def run_variant(name: str, lora: h.TrainedLora, judge) -> list[dict]:
             continue
         with torch.no_grad():
             result = scores.score_model(h.with_lora(path), judge)
-        rows.append({"variant": name, "steps": step, "train_seconds": train_seconds(lora), **vars(result)})
+        rows.append(
+            {"variant": name, "steps": step, "train_seconds": round(lora.train_seconds), **vars(result)}
+        )
         print(markdown_row(rows[-1]), flush=True)
     return rows
 

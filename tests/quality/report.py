@@ -32,7 +32,7 @@ class QualityReport:
         self.judged[name] = {key: float(values[key]) for key in (keys or values)}
 
     def record_seconds(self, name: str, seconds: float) -> None:
-        """Keep how long job `name` trained, from its process's start to its end."""
+        """Keep how long job `name` trained (TrainedLora.train_seconds: its start event to its end)."""
         self.seconds[name] = round(seconds, 1)
 
     def lines(self) -> list[str]:

@@ -57,9 +57,7 @@ def training(tmp_path_factory):
 def finished(training: TrainingPool, name: str) -> h.TrainedLora:
     """Wait for job `name`, note its training time for the report, and take the cores it freed."""
     lora = training.result(name)
-    seconds = training.seconds(name)
-    if seconds is not None:
-        RUN.record_seconds(name, seconds)
+    RUN.record_seconds(name, lora.train_seconds)
     take_free_cores(training)
     return lora
 

@@ -39,9 +39,6 @@ class _Job:
     job_dir: Path
     popen: subprocess.Popen | None = None
     code: int | None = None
-    started: float | None = None
-    seconds: float | None = None
-    """From the process's start to the scheduler seeing its end (within POLL_S)."""
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -83,10 +80,6 @@ class TrainingPool:
                 raise AssertionError(f"training {name} was stopped before it finished")
         return trained_lora(name, job.code if job.code is not None else -1, job.job_dir)
 
-    def seconds(self, name: str) -> float | None:
-        """How long the finished job `name` ran; None while it runs or if it never started."""
-        return self._jobs[name].seconds
-
     def free_cores(self) -> int:
         """Cores no trainer holds or is about to: how many threads judging may use without making a trainer
         (or itself) wait. One at least: judging goes on either way."""
@@ -110,13 +103,11 @@ class TrainingPool:
                     code = job.popen.poll()
                     if code is not None:
                         job.code = code
-                        job.seconds = time.monotonic() - job.started
                         self._running.remove(job)
                         job.done.set()
                 while self._queue and len(self._running) < self.slots:
                     job = self._queue.pop(0)
                     try:
-                        job.started = time.monotonic()
                         job.popen = spawn(self._command(job.job_dir, False), job.job_dir, self._env)
                     except OSError as exc:
                         # no interpreter, no room for process.log: fail the job, not the whole pool
