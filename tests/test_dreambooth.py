@@ -1,6 +1,6 @@
 """DreamBooth-LoRA with prior preservation on a tiny SD1 model (CPU): the loss arithmetic on a fixed batch,
-generated class images (made once, reused by the next job), a user's class folder, and the LoRA-off and
-trigger-off priors."""
+generated class images (made once, reused by the next job), a user's class folder, and the LoRA-off,
+trigger-off and trigger-off+class-images priors."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import base_spec
+from safetensors.torch import load_file
 
 from lib_trainer.spec import spec_from_dict
 from lib_trainer.train.job import (
@@ -24,8 +25,15 @@ from lib_trainer.train.job import (
     setup_prior,
 )
 from lib_trainer.train.preflight import preflight
-from lib_trainer.train.prior import TRIGGER_OFF, caption_without_trigger
-from lib_trainer.train.runner import TrainContext, _half_loss, compute_loss, instance_captions
+from lib_trainer.train.prior import TRIGGER_OFF, ClassImagePrior, caption_without_trigger, class_images_of
+from lib_trainer.train.runner import (
+    EXIT_CANCELLED,
+    EXIT_OK,
+    TrainContext,
+    _half_loss,
+    compute_loss,
+    instance_captions,
+)
 
 
 class _Events:
@@ -304,3 +312,70 @@ def test_trigger_off_pair_in_one_batch_equals_two_passes(tmp_path, tiny_models, 
         pair = replay(lambda e: pair_captions(seen[0]), base_model_target=True)
     assert pair > 1e-6
     assert torch.allclose(total, instance + 0.7 * pair, rtol=1e-5, atol=1e-7), (total, instance, pair)
+
+
+def _trigger_off_with_class_images(tiny_models, tiny_dataset, out: Path, **dreambooth) -> dict:
+    spec = _spec(tiny_models, tiny_dataset, out, prior="trigger-off+class-images", **dreambooth)
+    spec["dataset"]["trigger_word"] = "sks"
+    spec["dataset"]["prepend_trigger_word"] = True
+    return spec
+
+
+def test_trigger_off_with_class_images_adds_a_class_batch_to_the_pair(tmp_path, tiny_models, tiny_dataset):
+    """ "trigger-off+class-images": the trigger-off pair's loss plus the weighted loss of the next class batch
+    (from the user's class folder here, with its own captions); nothing is generated."""
+    spec = _trigger_off_with_class_images(
+        tiny_models, tiny_dataset, tmp_path / "out", class_data=str(tiny_dataset)
+    )
+    ctx = _context(spec, tmp_path / "jobs" / "a")
+    class_half = ctx.prior.class_half
+    assert ctx.prior.kind == TRIGGER_OFF and isinstance(class_half, ClassImagePrior)
+    assert class_images_of(ctx.prior) is class_half and class_half.weight == 0.7
+    entries = ctx.data.batches(0)[0]
+    noise_state, caption_state = ctx.noise_generator.get_state(), ctx.caption_rng.getstate()
+    queue_state = copy.deepcopy((class_half._queue, class_half._round))
+    with torch.no_grad():
+        for name, param in ctx.base.unet.named_parameters():
+            if "lora_B" in name:  # a LoRA that changes the picture, so neither prior half is zero
+                param.add_(0.05)
+        total = compute_loss(ctx, entries)
+        ctx.noise_generator.set_state(noise_state)
+        ctx.caption_rng.setstate(caption_state)
+        class_half._queue, class_half._round = copy.deepcopy(queue_state)
+        ctx.prior.class_half = None  # the same step with trigger-off alone ...
+        pair_only = compute_loss(ctx, entries)
+        class_batch = class_half.next_batch()  # ... then the class batch the step above took
+        class_loss = _half_loss(ctx, class_half.data, class_half.latents, class_batch, class_half.captions)
+    assert class_loss > 1e-6
+    assert torch.allclose(total, pair_only + 0.7 * class_loss, rtol=1e-6, atol=0), (
+        total,
+        pair_only,
+        class_loss,
+    )
+    assert not (tmp_path / "jobs" / CLASS_IMAGE_CACHE).exists()
+
+
+def test_trigger_off_with_class_images_resumes_with_the_same_class_batches(
+    tmp_path, tiny_models, tiny_dataset
+):
+    """Generated class images (from the class prompt), and a job stopped after its first step and resumed
+    ends with the LoRA of the job run straight through: the class batches continue where they were."""
+
+    def spec(out: Path) -> dict:
+        data = _trigger_off_with_class_images(tiny_models, tiny_dataset, out)
+        data["output"] = {**data.get("output", {}), "save_every_epochs": 0, "save_lora_on_cancel": False}
+        return data
+
+    straight = tmp_path / "straight"
+    assert run_job(spec_from_dict(spec(straight)), tmp_path / "jobs" / "s") == EXIT_OK
+    events = _events(tmp_path / "jobs" / "s")
+    assert [e["total"] for e in events if e["type"] == "class_images"] == [3]
+    assert any("and a batch of class images every step" in e.get("message", "") for e in events)
+    resumed, job = tmp_path / "resumed", tmp_path / "jobs" / "r"
+    assert run_job(spec_from_dict(spec(resumed)), job, stop_at_step=1) == EXIT_CANCELLED
+    assert (job / "state" / "extra-prior.pt").is_file()
+    assert run_job(spec_from_dict(spec(resumed)), job, resume=True) == EXIT_OK
+    a, b = load_file(str(straight / "dog.safetensors")), load_file(str(resumed / "dog.safetensors"))
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst < 1e-5, worst

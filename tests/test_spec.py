@@ -736,6 +736,24 @@ def test_trigger_off_needs_the_trigger_word_not_a_class_prompt():
     assert spec_from_dict(data).dreambooth.prior == "trigger-off"
 
 
+def test_trigger_off_with_class_images_needs_the_trigger_word_and_a_class_prompt():
+    data = minimal(dreambooth={"prior": "trigger-off+class-images", "class_prompt": "a shape"})
+    data["mode"] = "dreambooth-lora"
+    path, message = one_error(data)
+    assert path == "dataset.trigger_word" and '"trigger-off+class-images"' in message
+    data["dataset"]["trigger_word"] = "ohwx"
+    assert spec_from_dict(data).dreambooth.prior == "trigger-off+class-images"
+    # its class images are made from the class prompt (or captioned by it), as for "class-images"
+    data["dreambooth"]["class_prompt"] = ""
+    assert one_error(data)[0] == "dreambooth.class_prompt"
+    [(path, message)] = _dreambooth_problems(
+        "dreambooth", class_prompt="a dog", prior="trigger-off+class-images"
+    )
+    assert path == "dreambooth.prior" and message.startswith(
+        '"trigger-off+class-images" works only with mode'
+    )
+
+
 def test_lora_mode_does_not_need_a_class_prompt():
     assert _dreambooth_problems("lora") == []
     assert spec_from_dict(minimal()).dreambooth.class_prompt == ""

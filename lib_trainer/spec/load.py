@@ -536,7 +536,8 @@ CLI_FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "DreamBooth: what keeps the class in place: class-images, lora-off (the base model's "
         "own result with the LoRA switched off; no class images needed; dreambooth-lora only), or trigger-off "
         "(each caption without the trigger word, against the base model; needs --trigger-word; "
-        "dreambooth-lora only)",
+        "dreambooth-lora only), or trigger-off+class-images (both: the trigger-off pair and a batch of class "
+        "images each step; needs --trigger-word and --class-prompt; dreambooth-lora only)",
     ),
     _flag(
         "--ema",

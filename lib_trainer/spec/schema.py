@@ -515,7 +515,10 @@ class SamplesSpec:
     prompts: tuple[SamplePrompt, ...] = field(default=(), metadata={"items": SamplePrompt})
 
 
-PRIORS = ("class-images", "lora-off", "trigger-off")
+PRIORS = ("class-images", "lora-off", "trigger-off", "trigger-off+class-images")
+LORA_ONLY_PRIORS = ("lora-off", "trigger-off", "trigger-off+class-images")
+TRIGGER_PRIORS = ("trigger-off", "trigger-off+class-images")
+"""The priors that take the trigger word out of each caption."""
 
 
 @dataclass(frozen=True)
@@ -655,7 +658,7 @@ def _dreambooth_checks(v: dict[str, Any]) -> Problems:
             )
         )
     # mode "lora" does not read the section, so nothing there can be wrong for it
-    if dreambooth.prior in ("lora-off", "trigger-off") and mode == "dreambooth":
+    if dreambooth.prior in LORA_ONLY_PRIORS and mode == "dreambooth":
         out.append(
             (
                 "dreambooth.prior",
@@ -665,7 +668,7 @@ def _dreambooth_checks(v: dict[str, Any]) -> Problems:
         )
     dataset = v.get("dataset")
     if (
-        dreambooth.prior == "trigger-off"
+        dreambooth.prior in TRIGGER_PRIORS
         and mode == "dreambooth-lora"
         and dreambooth.prior_loss_weight
         and dataset is not None
@@ -674,8 +677,8 @@ def _dreambooth_checks(v: dict[str, Any]) -> Problems:
         out.append(
             (
                 "dataset.trigger_word",
-                'is empty, but dreambooth.prior "trigger-off" takes the trigger word out of each caption; '
-                'set the word your captions use for the subject, e.g. "ohwx"',
+                f"is empty, but dreambooth.prior {show(dreambooth.prior)} takes the trigger word out of each "
+                'caption; set the word your captions use for the subject, e.g. "ohwx"',
             )
         )
     return out

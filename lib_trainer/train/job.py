@@ -143,8 +143,7 @@ def cache_latents(ctx: TrainContext) -> None:
 
 def setup_prior(ctx: TrainContext) -> None:
     """The class half of DreamBooth (before the LoRA layers exist, so class images come from the base model)."""
-    from .class_images import ClassImageSettings, ClassImagesStopped, ensure_class_images, model_fingerprint
-    from .prior import LORA_OFF, TRIGGER_OFF, ClassImagePrior, LoraOffPrior, TriggerOffPrior
+    from .prior import LORA_OFF, TRIGGER_OFF, TRIGGER_OFF_AND_CLASS_IMAGES, LoraOffPrior, TriggerOffPrior
 
     spec = ctx.spec
     if spec.mode not in DREAMBOOTH_MODES:
@@ -153,12 +152,14 @@ def setup_prior(ctx: TrainContext) -> None:
     if db.prior_loss_weight == 0:
         ctx.events.emit("info", message="no prior preservation (dreambooth.prior_loss_weight is 0)")
         return
-    if db.prior == TRIGGER_OFF:
-        ctx.prior = TriggerOffPrior(spec.dataset.trigger_word, db.prior_loss_weight)
+    if db.prior in (TRIGGER_OFF, TRIGGER_OFF_AND_CLASS_IMAGES):
+        with_class = db.prior == TRIGGER_OFF_AND_CLASS_IMAGES
+        class_half = _class_image_prior(ctx) if with_class else None
+        ctx.prior = TriggerOffPrior(spec.dataset.trigger_word, db.prior_loss_weight, class_half=class_half)
         ctx.events.emit(
             "info",
             message=f'prior preservation: each caption without "{spec.dataset.trigger_word}", base model with '
-            "the LoRA off",
+            "the LoRA off" + (", and a batch of class images every step" if with_class else ""),
         )
         return
     if db.prior == LORA_OFF:
@@ -167,6 +168,16 @@ def setup_prior(ctx: TrainContext) -> None:
             "info", message=f'prior preservation: base model with the LoRA off for "{db.class_prompt}"'
         )
         return
+    ctx.prior = _class_image_prior(ctx)
+
+
+def _class_image_prior(ctx: TrainContext):
+    """Class images from the user's folder, or made by the base model (kept in a cache beside the jobs)."""
+    from .class_images import ClassImageSettings, ClassImagesStopped, ensure_class_images, model_fingerprint
+    from .prior import ClassImagePrior
+
+    spec = ctx.spec
+    db = spec.dreambooth
     if db.class_data:
         folder = Path(db.class_data).expanduser()
         scan = scan_dataset(folder, caption_extension=spec.dataset.caption_extension, trigger_word="")
@@ -211,7 +222,7 @@ def setup_prior(ctx: TrainContext) -> None:
         raise DatasetError(f"there are no class images in {folder}; set dreambooth.num_class_images above 0")
     data = assign_buckets(scan, ctx.bucket_manager, spec.training.batch_size, spec.training.seed + 1)
     latents = _latent_source(ctx, data, folder, "class image ")
-    ctx.prior = ClassImagePrior(data, latents, db.class_prompt, db.prior_loss_weight)
+    return ClassImagePrior(data, latents, db.class_prompt, db.prior_loss_weight)
 
 
 def setup_models(ctx: TrainContext) -> None:

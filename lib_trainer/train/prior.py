@@ -11,7 +11,10 @@ on a class batch whose loss keeps the class itself from drifting toward the subj
   with its own caption minus the trigger word, towards what the base model predicts for that caption with
   the LoRA off (ostris' ai-toolkit calls it differential output preservation). The pair differs only in the
   trigger, so the LoRA can change the picture only through the trigger. On the toy world it stops the
-  subject leaking into other prompts, but costs the other words' meaning (docs/quality.md).
+  subject leaking into other prompts, but costs the other words' meaning (docs/quality.md);
+- "trigger-off+class-images": both of the above in every step, the trigger-off pair and a class batch. The
+  class pictures (best a captioned folder of other things than the subject) hold the words that the pair
+  never shows; on the toy world that kept the other shapes where trigger-off alone lost them.
 
 The class-images and lora-off halves are run as separate forward passes, so they need not share a bucket
 (instance images come in many aspect ratios, class images in the training size); the trigger-off pair shares
@@ -33,6 +36,7 @@ from .dataset_prep import LatentSource, PreparedData
 CLASS_IMAGES = "class-images"
 LORA_OFF = "lora-off"
 TRIGGER_OFF = "trigger-off"
+TRIGGER_OFF_AND_CLASS_IMAGES = "trigger-off+class-images"
 DREAMBOOTH_MODES = ("dreambooth-lora", "dreambooth")
 
 
@@ -123,9 +127,20 @@ class TriggerOffPrior:
     trigger: str
     weight: float
     kind: str = TRIGGER_OFF
+    class_half: ClassImagePrior | None = None
+    """With "trigger-off+class-images": the class batch trained in the same step, with the same weight."""
 
     def captions(self, instance_captions: list[str]) -> list[str]:
         return [caption_without_trigger(c, self.trigger) for c in instance_captions]
+
+
+def class_images_of(prior: object) -> ClassImagePrior | None:
+    """The class-image half of a prior, whose place in its class pictures a resumed job must continue from."""
+    if isinstance(prior, ClassImagePrior):
+        return prior
+    if isinstance(prior, TriggerOffPrior):
+        return prior.class_half
+    return None
 
 
 def caption_without_trigger(caption: str, trigger: str) -> str:

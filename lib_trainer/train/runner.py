@@ -32,9 +32,9 @@ from .prior import (
     DREAMBOOTH_MODES,
     LORA_OFF,
     TRIGGER_OFF,
-    ClassImagePrior,
     TriggerOffPrior,
     base_model_only,
+    class_images_of,
     combine_prior_loss,
 )
 from .state import Progress, load_extra, load_state, save_state
@@ -76,7 +76,7 @@ class TrainContext:
     saved_files: list[str] = field(default_factory=list)
     scan: object = None  # data.scan.DatasetScan
     last_samples: list[Path] = field(default_factory=list)
-    prior: object = None  # prior.ClassImagePrior / LoraOffPrior for the DreamBooth modes
+    prior: object = None  # prior.ClassImagePrior / LoraOffPrior / TriggerOffPrior for the DreamBooth modes
     bucket_manager: object = None  # data.buckets.BucketManager of the instance data (class images reuse it)
     ema: object = None  # diffusers EMAModel of a full fine-tune with finetune.ema
 
@@ -243,8 +243,12 @@ def compute_loss(ctx: TrainContext, entries: list[int]) -> torch.Tensor:
     prior = ctx.prior
     paired = prior if prior is not None and prior.kind == TRIGGER_OFF else None
     loss = _half_loss(ctx, ctx.data, ctx.latents, entries, lambda e: instance_captions(ctx, e), paired=paired)
-    if prior is None or paired is not None:
+    if prior is None:
         return loss
+    if paired is not None:
+        if paired.class_half is None:
+            return loss
+        prior = paired.class_half  # "trigger-off+class-images": a class batch joins the pair's loss
     if prior.kind == LORA_OFF:
         class_loss = _half_loss(
             ctx, ctx.data, ctx.latents, entries, lambda e: [prior.prompt] * len(e), base_model_target=True
@@ -383,8 +387,9 @@ def save_resume_state(ctx: TrainContext) -> Path:
     if ctx.ema is not None:
         ema = ctx.ema.state_dict()
         extras["ema"] = {**ema, "shadow_params": [p.detach().cpu() for p in ema["shadow_params"]]}
-    if isinstance(ctx.prior, ClassImagePrior):
-        extras["prior"] = ctx.prior.position()
+    class_half = class_images_of(ctx.prior)
+    if class_half is not None:
+        extras["prior"] = class_half.position()
     return save_state(
         ctx.job_dir / "state",
         weights=weights_state(ctx) if full else outputs.collect_lora_state(ctx),
@@ -420,8 +425,9 @@ def restore(ctx: TrainContext) -> None:
             raise ValueError(f"the saved state in {state_dir} has no EMA; resume with finetune.ema off")
         ctx.ema.load_state_dict(saved)
         ctx.ema.to(ctx.device)
-    if isinstance(ctx.prior, ClassImagePrior):
-        ctx.prior.restore(load_extra(state_dir, "prior"))
+    class_half = class_images_of(ctx.prior)
+    if class_half is not None:
+        class_half.restore(load_extra(state_dir, "prior"))
     ctx.progress = progress
 
 

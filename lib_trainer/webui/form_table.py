@@ -359,7 +359,9 @@ _TABLE: dict[str, tuple[FieldSpec, ...]] = {
            "with the LoRA switched off, so no class images are needed (DreamBooth LoRA only). trigger-off: "
            "also denoise each training image with its caption minus the trigger word, and keep that result "
            "as the base model makes it, so the LoRA only acts through the trigger word (needs the trigger "
-           "word; DreamBooth LoRA only).",
+           "word; DreamBooth LoRA only). trigger-off+class-images: both trigger-off and class images in "
+           "every step; class images with captions of other things keep those words as they were too "
+           "(needs the trigger word and a class prompt; DreamBooth LoRA only).",
            choices=schema.PRIORS),
         _f("dreambooth.class_sampler", "dropdown", "Class image sampler",
            "Sampler used to generate the class images; euler_a is Euler a.", choices=schema.SAMPLERS),

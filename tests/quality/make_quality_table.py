@@ -47,7 +47,13 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
     "preset+learnt-prior-long": (
         "dreambooth-lora",
         f"default preset, {scores.SUBJECT_EPOCHS} epochs, prior 'trigger-off', learnt trigger word "
-        "(the quality tests' prior job)",
+        "(the quality tests' prior job until the twenty-second session)",
+        h.merge_sections(scores.DEFAULT_PRESET, scores.LEARNT_TRIGGER_PRIOR),
+    ),
+    "preset+learnt-prior+folder-long": (
+        "dreambooth-lora",
+        f"default preset, {scores.SUBJECT_EPOCHS} epochs, prior 'trigger-off+class-images' with a captioned "
+        "class folder, learnt trigger word (the quality tests' prior job)",
         scores.PRIOR_SUBJECT,
     ),
     "adamw-1e-3": ("lora", "AdamW 1e-3", {"training": {"learning_rate": 1e-3}}),
@@ -103,7 +109,7 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
         {**scores.LEARNT_TRIGGER_PRIOR, "training": _PRODIGY},
     ),
 }
-CLASS_FOLDER_VARIANTS = ("prodigy+prior-folder",)
+CLASS_FOLDER_VARIANTS = ("prodigy+prior-folder", "preset+learnt-prior+folder-long")
 TABLE_EPOCHS = 10
 LONG_EPOCHS = scores.SUBJECT_EPOCHS
 """For the variants named `-long`: AdamW 1e-4 needs about 3x the table's steps."""

@@ -29,8 +29,10 @@ def test_the_quality_jobs_take_the_tabs_sd15_preset_from_its_file(tmp_path: Path
     assert spec.network.train_text_encoder and spec.training.text_encoder_lr == 5e-5
     assert spec.training.resolution == h.IMAGE_SIZE and spec.training.device == "cpu"
     assert spec.training.epochs == scores.SUBJECT_EPOCHS
-    prior = scores.subject_job(tmp_path / "prior", "prior", "dreambooth-lora", **scores.PRIOR_SUBJECT)
-    prior_spec = spec_from_dict(prior)
+    prior_spec = spec_from_dict(scores.prior_job(tmp_path / "prior", "prior"))
     assert prior_spec.network.train_text_encoder and prior_spec.network.learn_trigger
-    assert prior_spec.dreambooth.prior == "trigger-off"
+    assert prior_spec.dreambooth.prior == "trigger-off+class-images"
+    assert (
+        Path(prior_spec.dreambooth.class_data).is_dir() and prior_spec.training.epochs == spec.training.epochs
+    )
     assert prior_spec.training.min_snr_gamma == spec.training.min_snr_gamma == 5.0

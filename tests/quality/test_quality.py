@@ -42,8 +42,9 @@ def training(tmp_path_factory):
     torch.set_num_threads(1)  # judging shares the cores with the trainers: more threads would only wait
     pool = TrainingPool()
     # the prior job: the same subject, data, steps and default preset with prior preservation as the toy
-    # world binds the trigger, `trigger-off` with a learnt trigger word (scores.PRIOR_SUBJECT)
-    prior = scores.subject_job(root / "prior", "subject_prior", "dreambooth-lora", **scores.PRIOR_SUBJECT)
+    # world binds the trigger, `trigger-off` with a learnt trigger word, and a captioned class folder
+    # (scores.PRIOR_SUBJECT)
+    prior = scores.prior_job(root / "prior", "subject_prior")
     pool.submit("prior", prior, root / "prior" / "job")
     plain = scores.subject_job(root / "subject", "subject", "lora", **scores.PLAIN_SUBJECT)
     pool.submit("subject", plain, root / "subject" / "job")
