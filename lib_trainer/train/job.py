@@ -14,6 +14,7 @@ import random
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -56,6 +57,9 @@ from .runner import (
 )
 from .schedulers import build_scheduler, resolve_warmup_steps
 from .trigger_embedding import TriggerEmbedding, embedding_steps, starting_vectors
+
+if TYPE_CHECKING:
+    from .prior import ClassImagePrior
 
 log = logging.getLogger("lib_trainer")
 CLASS_IMAGE_CACHE = (
@@ -171,7 +175,7 @@ def setup_prior(ctx: TrainContext) -> None:
     ctx.prior = _class_image_prior(ctx)
 
 
-def _class_image_prior(ctx: TrainContext):
+def _class_image_prior(ctx: TrainContext) -> ClassImagePrior:
     """Class images from the user's folder, or made by the base model (kept in a cache beside the jobs)."""
     from .class_images import ClassImageSettings, ClassImagesStopped, ensure_class_images, model_fingerprint
     from .prior import ClassImagePrior
