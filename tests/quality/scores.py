@@ -147,7 +147,8 @@ WITH_CLASS_FOLDER = {"dreambooth": {"prior": "trigger-off+class-images"}}
 """LEARNT_TRIGGER_PRIOR plus a batch of the captioned class folder (`class_folder`: the known shapes) in every
 step. `trigger-off` alone holds only the captions of the subject's own pictures minus the trigger; the other
 shapes' words drifted under it, 14 points on the committed model and 16-19 on another model of the recipe
-(margin 15). With the class folder: 12 and 6 (docs/quality.md, "The prior job with a class folder")."""
+(margin 15). With the class folder: 12 and 6, with training seed 7 16 and 5 (docs/quality.md, "The prior job
+with a class folder")."""
 
 PLAIN_SUBJECT = DEFAULT_PRESET
 """The quality tests' plain subject LoRA: the default preset as it is."""
