@@ -26,14 +26,8 @@ from lib_trainer.train.job import (
 )
 from lib_trainer.train.preflight import preflight
 from lib_trainer.train.prior import TRIGGER_OFF, ClassImagePrior, caption_without_trigger, class_images_of
-from lib_trainer.train.runner import (
-    EXIT_CANCELLED,
-    EXIT_OK,
-    TrainContext,
-    _half_loss,
-    compute_loss,
-    instance_captions,
-)
+from lib_trainer.train.runner import EXIT_CANCELLED, EXIT_OK, TrainContext
+from lib_trainer.train.step_loss import compute_loss, half_loss, instance_captions
 
 
 class _Events:
@@ -91,9 +85,9 @@ def test_prior_loss_is_the_class_half_weighted(tmp_path, tiny_models, tiny_datas
         ctx.noise_generator.set_state(noise_state)
         ctx.caption_rng.setstate(caption_state)
         ctx.prior._queue, ctx.prior._round = prior_state
-        instance = _half_loss(ctx, ctx.data, ctx.latents, entries, lambda e: instance_captions(ctx, e))
+        instance = half_loss(ctx, ctx.data, ctx.latents, entries, lambda e: instance_captions(ctx, e))
         class_entries = ctx.prior.next_batch()
-        class_loss = _half_loss(ctx, ctx.prior.data, ctx.prior.latents, class_entries, ctx.prior.captions)
+        class_loss = half_loss(ctx, ctx.prior.data, ctx.prior.latents, class_entries, ctx.prior.captions)
     assert ctx.prior.weight == 0.7 and class_loss > 0 and instance > 0
     assert torch.allclose(total, instance + 0.7 * class_loss, rtol=0, atol=1e-6), (
         total,
@@ -103,13 +97,63 @@ def test_prior_loss_is_the_class_half_weighted(tmp_path, tiny_models, tiny_datas
     assert ctx.prior.captions(class_entries) == ["a photo of a dog"] * len(class_entries)
 
 
+@pytest.mark.parametrize("same_shape", [True, False], ids=["one-bucket", "two-buckets"])
+def test_class_batch_shares_the_instance_forward_pass_when_their_latents_have_one_shape(
+    tmp_path, tiny_models, tiny_dataset, same_shape
+):
+    """A class batch whose latents have the instance batch's shape goes through the UNet in the instance
+    batch's pass (one pass of twice the batch); one of another bucket gets a pass of its own. The loss is
+    the halves' loss either way, up to float rounding."""
+    from PIL import Image
+
+    folder = tmp_path / "class"
+    folder.mkdir()
+    size = (128, 128) if same_shape else (256, 64)  # the instance pictures all land in the 128x128 bucket
+    for i in range(2):
+        Image.new("RGB", size, (40 * i, 90, 200)).save(folder / f"c{i}.png")
+    spec = _spec(tiny_models, tiny_dataset, tmp_path / "out", class_data=str(folder))
+    spec["training"]["resolution"] = 128
+    spec["dataset"]["max_bucket_reso"] = 256
+    ctx = _context(spec, tmp_path / "jobs" / "a")
+    prior = ctx.prior
+    entries = ctx.data.batches(0)[0]
+    class_batch = prior.next_batch()
+    shapes = {ctx.latents.get(ctx.data.entries[entries[0]], False).shape}
+    shapes.add(prior.latents.get(prior.data.entries[class_batch[0]], False).shape)
+    assert len(shapes) == (1 if same_shape else 2), shapes
+    prior._queue = [list(class_batch)]
+    noise_state, caption_state = ctx.noise_generator.get_state(), ctx.caption_rng.getstate()
+    passes: list[int] = []
+    hook = ctx.base.unet.register_forward_pre_hook(lambda module, args: passes.append(len(args[0])))
+    with torch.no_grad():
+        for name, param in ctx.base.unet.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.05)
+        try:
+            total = compute_loss(ctx, entries)
+        finally:
+            hook.remove()
+        ctx.noise_generator.set_state(noise_state)
+        ctx.caption_rng.setstate(caption_state)
+        instance = half_loss(ctx, ctx.data, ctx.latents, entries, lambda e: instance_captions(ctx, e))
+        class_loss = half_loss(ctx, prior.data, prior.latents, class_batch, prior.captions)
+    sizes = [len(entries) + len(class_batch)] if same_shape else [len(entries), len(class_batch)]
+    assert passes == sizes
+    assert class_loss > 1e-6
+    assert torch.allclose(total, instance + 0.7 * class_loss, rtol=1e-5, atol=0), (
+        total,
+        instance,
+        class_loss,
+    )
+
+
 def test_lora_off_prior_is_zero_before_training_and_uses_no_class_images(tmp_path, tiny_models, tiny_dataset):
     spec = _spec(tiny_models, tiny_dataset, tmp_path / "out", prior="lora-off", num_class_images=0)
     ctx = _context(spec, tmp_path / "jobs" / "a")
     entries = ctx.data.batches(0)[0]
     with torch.no_grad():
         # LoRA B starts at zero: with the LoRA on or off the model predicts the same, so the prior loss is 0.
-        prior = _half_loss(
+        prior = half_loss(
             ctx,
             ctx.data,
             ctx.latents,
@@ -121,7 +165,7 @@ def test_lora_off_prior_is_zero_before_training_and_uses_no_class_images(tmp_pat
         for name, param in ctx.base.unet.named_parameters():
             if "lora_B" in name:
                 param.add_(0.05)
-        prior = _half_loss(
+        prior = half_loss(
             ctx,
             ctx.data,
             ctx.latents,
@@ -258,7 +302,7 @@ def test_trigger_off_prior_pairs_each_picture_with_its_caption_minus_the_trigger
         after_pair = ctx.noise_generator.get_state()
         ctx.noise_generator.set_state(noise_state)
         ctx.caption_rng.setstate(caption_state)
-        instance = _half_loss(ctx, ctx.data, ctx.latents, entries, lambda e: instance_captions(ctx, e))
+        instance = half_loss(ctx, ctx.data, ctx.latents, entries, lambda e: instance_captions(ctx, e))
         # the pair reuses the instance half's noise and timesteps: no further random numbers were drawn
         assert torch.equal(ctx.noise_generator.get_state(), after_pair)
         # equal up to float rounding: the pair runs the UNet on twice the batch, whose CPU kernels may round
@@ -272,7 +316,7 @@ def test_trigger_off_prior_pairs_each_picture_with_its_caption_minus_the_trigger
         changed = compute_loss(ctx, entries)
         ctx.noise_generator.set_state(noise_state)
         ctx.caption_rng.setstate(caption_state)
-        instance = _half_loss(ctx, ctx.data, ctx.latents, entries, lambda e: instance_captions(ctx, e))
+        instance = half_loss(ctx, ctx.data, ctx.latents, entries, lambda e: instance_captions(ctx, e))
     assert changed > instance + 1e-6  # the LoRA now moves the trigger-less captions away from the base model
     [first, *_] = seen
     assert len(first) == len(entries) and all(c.startswith("sks") for c in first)
@@ -301,7 +345,7 @@ def test_trigger_off_pair_in_one_batch_equals_two_passes(tmp_path, tiny_models, 
     def replay(caption_fn, **kwargs) -> torch.Tensor:
         ctx.noise_generator.set_state(noise_state)
         ctx.caption_rng.setstate(caption_state)
-        return _half_loss(ctx, ctx.data, ctx.latents, entries, caption_fn, **kwargs)
+        return half_loss(ctx, ctx.data, ctx.latents, entries, caption_fn, **kwargs)
 
     with torch.no_grad():
         for name, param in ctx.base.unet.named_parameters():
@@ -345,7 +389,7 @@ def test_trigger_off_with_class_images_adds_a_class_batch_to_the_pair(tmp_path, 
         ctx.prior.class_half = None  # the same step with trigger-off alone ...
         pair_only = compute_loss(ctx, entries)
         class_batch = class_half.next_batch()  # ... then the class batch the step above took
-        class_loss = _half_loss(ctx, class_half.data, class_half.latents, class_batch, class_half.captions)
+        class_loss = half_loss(ctx, class_half.data, class_half.latents, class_batch, class_half.captions)
     assert class_loss > 1e-6
     assert torch.allclose(total, pair_only + 0.7 * class_loss, rtol=1e-6, atol=0), (
         total,

@@ -16,10 +16,9 @@ on a class batch whose loss keeps the class itself from drifting toward the subj
   class pictures (best a captioned folder of other things than the subject) hold the words that the pair
   never shows; on the toy world that kept the other shapes where trigger-off alone lost them.
 
-The class-images and lora-off halves are run as separate forward passes, so they need not share a bucket
-(instance images come in many aspect ratios, class images in the training size); the trigger-off pair shares
-the instance batch's latents and goes through the LoRA in the same forward pass. The loss is diffusers'
-formula: instance mean + prior_loss_weight x class mean.
+The halves need not share a bucket (instance images come in many aspect ratios, class images in the
+training size): step_loss.py runs those whose latents have one shape in one forward pass, and the others in
+a pass each. The loss is diffusers' formula: instance mean + prior_loss_weight x class mean.
 """
 
 from __future__ import annotations

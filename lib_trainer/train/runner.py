@@ -14,7 +14,6 @@ import math
 import random
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,21 +22,13 @@ from torch.profiler import record_function  # named phases in profiler traces (b
 
 from ..spec import JobSpec, spec_to_dict
 from . import outputs
-from .conditioning import encode_sd, encode_sdxl, sdxl_time_ids
-from .dataset_prep import LatentSource, PreparedData, captions_for, sample_latents
+from .dataset_prep import LatentSource, PreparedData
 from .events import EventWriter
 from .finetune import is_full_finetune, load_weights_state, trainable_components, weights_state
 from .preflight import Resolved
-from .prior import (
-    DREAMBOOTH_MODES,
-    LORA_OFF,
-    TRIGGER_OFF,
-    TriggerOffPrior,
-    base_model_only,
-    class_images_of,
-    combine_prior_loss,
-)
+from .prior import class_images_of
 from .state import Progress, load_extra, load_state, save_state
+from .step_loss import compute_loss
 from .trigger_embedding import embedding_steps
 
 log = logging.getLogger("lib_trainer")
@@ -132,131 +123,6 @@ def stop_requested(ctx: TrainContext) -> bool:
     ):
         ctx.stop_reason = "test stop"
     return ctx.stop_reason is not None
-
-
-def _encode(ctx: TrainContext, captions: list[str]):
-    base, spec = ctx.base, ctx.spec
-    trigger = base.trigger_embedding
-    grads = spec.network.train_text_encoder or (trigger is not None and trigger.trainable)
-    with contextlib.nullcontext() if grads else torch.no_grad():
-        if base.arch.is_sdxl:
-            return encode_sdxl(base.text_encoders, base.tokenizers, captions, ctx.device, trigger)
-        return encode_sd(
-            base.text_encoders[0], base.tokenizers[0], captions, spec.model.clip_skip, ctx.device, trigger
-        ), None
-
-
-def _half_loss(
-    ctx: TrainContext,
-    data: PreparedData,
-    latent_source: LatentSource,
-    entries: list[int],
-    caption_fn: Callable[[list[int]], list[str]],
-    *,
-    base_model_target: bool = False,
-    paired: TriggerOffPrior | None = None,
-) -> torch.Tensor:
-    """The diffusion loss of one batch of `data`. With `base_model_target` the target is the prediction of
-    the base model (LoRA switched off) for the same input, instead of the noise/velocity. With `paired` the
-    same noisy latents are denoised again with the prior's captions, towards the base model's prediction for
-    them, and that loss joins with the prior's weight."""
-    from .noise import diffusion_loss, sample_noise, sample_timesteps, training_target
-
-    base, spec = ctx.base, ctx.spec
-    flips = [spec.dataset.flip_aug and ctx.caption_rng.random() < 0.5 for _ in entries]
-    sample_ids = [data.entries[e] for e in entries]
-    params = torch.stack([latent_source.get(i, f) for i, f in zip(sample_ids, flips, strict=True)])
-    latents = sample_latents(params, ctx.noise_generator, base.vae.config.scaling_factor).to(ctx.device)
-    captions = caption_fn(entries)  # after the flips: the caption RNG's order is part of reproducibility
-    noise = sample_noise(latents, ctx.noise_generator, spec.training.noise_offset)
-    timesteps = sample_timesteps(len(entries), ctx.noise_generator).to(ctx.device)
-    noisy = ctx.noise_scheduler.add_noise(latents, noise, timesteps)
-    autocast = (
-        torch.autocast(ctx.device.type, dtype=ctx.autocast_dtype)
-        if ctx.autocast_dtype is not None
-        else contextlib.nullcontext()
-    )
-
-    def predict(captions: list[str]) -> torch.Tensor:
-        """The UNet's prediction for the noisy batch with `captions`; a whole multiple of the batch's
-        captions denoises the same latents once per group of captions, in one forward pass."""
-        copies = len(captions) // len(entries)
-        with record_function("lora_trainer.encode_text"):
-            context, pooled = _encode(ctx, captions)
-        kwargs = {}
-        if base.arch.is_sdxl:
-            samples = [data.samples[i] for i in sample_ids]
-            ids = sdxl_time_ids(
-                [s.original_hw for s in samples],
-                [s.crop_tl[f] for s, f in zip(samples, flips, strict=True)],
-                [(s.bucket[1], s.bucket[0]) for s in samples],
-                ctx.device,
-                pooled.dtype,
-            )
-            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": ids.repeat(copies, 1)}
-        with record_function("lora_trainer.unet_forward"):
-            return base.unet(
-                noisy.repeat(copies, 1, 1, 1).to(ctx.weight_dtype),
-                timesteps.repeat(copies),
-                context.to(ctx.weight_dtype),
-                **kwargs,
-            ).sample
-
-    def loss_of(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return diffusion_loss(
-            pred.float(),
-            target.float(),
-            timesteps=timesteps,
-            noise_scheduler=ctx.noise_scheduler,
-            min_snr_gamma=spec.training.min_snr_gamma,
-            prediction_type=base.arch.prediction_type,
-        )
-
-    other = paired.captions(captions) if paired is not None else []
-    with autocast:
-        # the pair shares the instance half's latents, noise and timesteps, so both go through the LoRA in
-        # one batch: one UNet pass instead of two (a 240-step toy job on one CPU thread: 39.8 s -> 30.1 s)
-        pred, pair_pred = predict(captions + other).split([len(entries), len(other)])
-        if base_model_target:
-            with torch.no_grad(), base_model_only(base):
-                target = predict(captions).detach()
-        if paired is not None:
-            with torch.no_grad(), base_model_only(base):
-                pair_target = predict(other).detach()
-    if not base_model_target:
-        target = training_target(ctx.noise_scheduler, latents, noise, timesteps)
-    loss = loss_of(pred, target)
-    if paired is None:
-        return loss
-    return combine_prior_loss(loss, loss_of(pair_pred, pair_target), paired.weight)
-
-
-def instance_captions(ctx: TrainContext, entries: list[int]) -> list[str]:
-    """The captions of an instance batch; DreamBooth's instance prompt, when given, replaces them."""
-    prompt = ctx.spec.dreambooth.instance_prompt if ctx.spec.mode in DREAMBOOTH_MODES else ""
-    if prompt:
-        return [prompt.replace("{trigger}", ctx.spec.dataset.trigger_word)] * len(entries)
-    return captions_for(entries, ctx.data, ctx.spec.dataset, ctx.caption_rng)
-
-
-def compute_loss(ctx: TrainContext, entries: list[int]) -> torch.Tensor:
-    prior = ctx.prior
-    paired = prior if prior is not None and prior.kind == TRIGGER_OFF else None
-    loss = _half_loss(ctx, ctx.data, ctx.latents, entries, lambda e: instance_captions(ctx, e), paired=paired)
-    if prior is None:
-        return loss
-    if paired is not None:
-        if paired.class_half is None:
-            return loss
-        prior = paired.class_half  # "trigger-off+class-images": a class batch joins the pair's loss
-    if prior.kind == LORA_OFF:
-        class_loss = _half_loss(
-            ctx, ctx.data, ctx.latents, entries, lambda e: [prior.prompt] * len(e), base_model_target=True
-        )
-    else:
-        class_entries = prior.next_batch()
-        class_loss = _half_loss(ctx, prior.data, prior.latents, class_entries, prior.captions)
-    return combine_prior_loss(loss, class_loss, prior.weight)
 
 
 def _optimizer_step(ctx: TrainContext) -> None:
