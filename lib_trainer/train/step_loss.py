@@ -151,15 +151,17 @@ def halves_loss(ctx: TrainContext, halves: list[Half]) -> torch.Tensor:
         else contextlib.nullcontext()
     )
     distilled = [half for half in halves if half.base_model_target]
+    base_preds: list[torch.Tensor] = []
     with autocast:
         preds = _forward(ctx, halves)
         if distilled:
             with torch.no_grad(), base_model_only(ctx.base):
-                base_preds = iter([pred.detach() for pred in _forward(ctx, distilled)])
+                base_preds = _forward(ctx, distilled)
+    base_targets = iter(base_preds)
     total = None
     for half, pred in zip(halves, preds, strict=True):
         if half.base_model_target:
-            target = next(base_preds)
+            target = next(base_targets)
         else:
             target = training_target(
                 ctx.noise_scheduler, half.batch.latents, half.batch.noise, half.batch.timesteps
