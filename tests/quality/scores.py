@@ -124,9 +124,10 @@ DEFAULT_PRESET = h.tab_default_preset()
 """The issue's "default preset": the one a fresh Train tab applies to an SD1.5 model (rank 16 / alpha 8, AdamW
 1e-4 with the text encoder at 5e-5, min-SNR 5, cosine), read from its file, with its GPU sizing replaced by
 the toy world's 64 px CPU settings (`harness.tab_default_preset`). Until 2026-11-23 the tests trained with the
-job spec's defaults instead (UNet only, no min-SNR): their subject bound 75 % on the committed model and 41-56
-% on every other model made since; this preset binds it more on both models it was measured on (91 % and 59 %,
-against 75 % and 22 %; docs/quality.md, "The default preset")."""
+job spec's defaults instead (UNet only, no min-SNR): their subject bound 75 % on the model committed then, 41-56
+% on four other models and 22 % on the half-wide one; this preset binds it 91 %, 69 % on the model committed
+now and 59 % on the half-wide one (docs/quality.md, "The default preset", "Another model with the default
+preset")."""
 
 STYLE_TRAINING = {"optimizer": "Prodigy", "learning_rate": 1.0}
 """What the style test changes in the job spec's defaults (not the tab's preset, which the subject jobs take):
@@ -146,9 +147,9 @@ Neither binds it alone. Everything else is the default preset, as for the plain 
 WITH_CLASS_FOLDER = {"dreambooth": {"prior": "trigger-off+class-images"}}
 """LEARNT_TRIGGER_PRIOR plus a batch of the captioned class folder (`class_folder`: the known shapes) in every
 step. `trigger-off` alone holds only the captions of the subject's own pictures minus the trigger; the other
-shapes' words drifted under it, 14 points on the committed model and 16-19 on another model of the recipe
-(margin 15). With the class folder: 12 and 6, with training seed 7 16 and 5 (docs/quality.md, "The prior job
-with a class folder")."""
+shapes' words drifted under it, 16-19 points on the committed model and 14 on the one committed until
+2026-11-24 (margin 15). With the class folder: 6 and 12, with training seed 7 5 and 16 (docs/quality.md, "The
+prior job with a class folder")."""
 
 PLAIN_SUBJECT = DEFAULT_PRESET
 """The quality tests' plain subject LoRA: the default preset as it is."""

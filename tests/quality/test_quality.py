@@ -178,7 +178,8 @@ def test_style_lora_transfers_to_shapes_it_never_saw(style_scores):
 
 
 _STYLE_LEAK_GAP = (
-    "open (issue 8): the style comes almost as often without 'in ygk style' as with it (53 % / 56 %); "
+    "open (issue 8): the style comes as often without 'in ygk style' as with it (62 % / 62 %; 53 / 56 % on the "
+    "previous model); "
     "with the empty prompt paired it is bound in the model's own prediction and guidance 7 multiplies the rest "
     "(docs/quality.md, 'The style's leak is made by the guidance scale'); strict, so the fix cannot go "
     "unnoticed"
