@@ -18,9 +18,10 @@ The noise schedule, timestep draws, targets and loss are the trainer's own funct
 Runs are deterministic for a given seed and thread count (the VAE's first 201 steps, run three times at 2
 threads, end with the same weights to 16 digits of their sum); other thread counts or CPUs give a model made
 the same way but not the same weights (float summation order), and the toy subject LoRA is sensitive to such
-differences in its base model (docs/quality.md). So the committed file's sha256, and that of its tensors
-(`toy_model.tensors_sha256`: the file's own also covers the run's duration in its metadata), are recorded in
-docs/quality.md, not asserted.
+differences in its base model (docs/quality.md). On the CPU that made it, this command with its defaults
+remade the committed model's tensors bit for bit (2026-11-24). The committed file's sha256, and that of its
+tensors (`toy_model.tensors_sha256`: the file's own also covers the run's duration in its metadata), are
+recorded in docs/quality.md, not asserted.
 """
 
 from __future__ import annotations
