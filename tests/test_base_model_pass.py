@@ -22,7 +22,7 @@ class Block(torch.nn.Module):
 
 
 def _model_with_lora() -> tuple[Block, Block]:
-    """A model with a LoRA whose B matrices are not zero (so it changes the output) and its copy without one."""
+    """A model with a LoRA whose B matrices are not zero (it changes the output), and its copy without one."""
     torch.manual_seed(0)
     model = Block()
     plain = Block()
