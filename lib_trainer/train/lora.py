@@ -43,14 +43,12 @@ _TUNER_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def tuner_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Every peft layer in `model`, found once per model: the prior's base-model pass switches them off and on
-    in every step, and a walk over all modules (1400 in the toy model, several thousand in SDXL) costs
+    """`lora_modules(model)`'s layers, found once per model: the prior's base-model pass switches them off and
+    on in every step, and a walk over all modules (1400 in the toy model, several thousand in SDXL) costs
     milliseconds each time. `add_lora` renews the list of the model it adds to."""
     layers = _TUNER_LAYERS.get(model)
     if layers is None:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        layers = list(lora_modules(model).values())
         _TUNER_LAYERS[model] = layers
     return layers
 
