@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib_trainer.train.lora import add_lora, lora_parameters, tuner_layers
+from lib_trainer.train.lora import add_lora, lora_layers, lora_parameters
 from lib_trainer.train.prior import adapters_disabled
 
 
@@ -60,7 +60,7 @@ def test_the_lora_weights_stay_trainable_and_get_no_gradient_from_the_base_pass(
 
 def test_a_layer_already_switched_off_stays_off_after_the_base_pass():
     model, _ = _model_with_lora()
-    first, second = tuner_layers(model)
+    first, second = lora_layers(model)
     first.enable_adapters(False)
     with adapters_disabled([model]):
         assert first.disable_adapters and second.disable_adapters
@@ -71,9 +71,9 @@ def test_a_layer_already_switched_off_stays_off_after_the_base_pass():
 def test_layers_added_later_are_switched_off_too():
     """The layer list is found once per model; adding a LoRA renews it."""
     model, plain = _model_with_lora()
-    assert len(tuner_layers(model)) == 2
+    assert len(lora_layers(model)) == 2
     add_lora(model, r".*other", rank=2, alpha=2)
-    assert len(tuner_layers(model)) == 3
+    assert len(lora_layers(model)) == 3
     with torch.no_grad():
         model.other.lora_B["default"].weight.normal_()
     x = torch.randn(3, 6)
@@ -83,9 +83,9 @@ def test_layers_added_later_are_switched_off_too():
 
 def test_an_error_if_peft_no_longer_reads_the_switch(monkeypatch):
     model, _ = _model_with_lora()
-    layer_type = type(tuner_layers(model)[0])
+    layer_type = type(lora_layers(model)[0])
     monkeypatch.setattr(layer_type, "disable_adapters", property(lambda self: False))
     with pytest.raises(RuntimeError, match="adapters_disabled needs updating"), adapters_disabled([model]):
         pass
     monkeypatch.undo()
-    assert not any(layer.disable_adapters for layer in tuner_layers(model))  # left as it was
+    assert not any(layer.disable_adapters for layer in lora_layers(model))  # left as it was

@@ -34,22 +34,22 @@ def add_lora(
         init_lora_weights=True,
     )
     inject_adapter_in_model(config, model, adapter_name=ADAPTER)
-    _TUNER_LAYERS.pop(model, None)
+    _LORA_LAYERS.pop(model, None)
     for name, param in model.named_parameters():
         param.requires_grad_(".lora_" in name)
 
 
-_TUNER_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LORA_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def tuner_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+def lora_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """`lora_modules(model)`'s layers, found once per model: the prior's base-model pass switches them off and
     on in every step, and a walk over all modules (1400 in the toy model, several thousand in SDXL) costs
     milliseconds each time. `add_lora` renews the list of the model it adds to."""
-    layers = _TUNER_LAYERS.get(model)
+    layers = _LORA_LAYERS.get(model)
     if layers is None:
         layers = list(lora_modules(model).values())
-        _TUNER_LAYERS[model] = layers
+        _LORA_LAYERS[model] = layers
     return layers
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .dataset_prep import LatentSource, PreparedData
-from .lora import tuner_layers
+from .lora import lora_layers
 
 CLASS_IMAGES = "class-images"
 LORA_OFF = "lora-off"
@@ -53,26 +53,22 @@ def adapters_disabled(modules: list[torch.nn.Module]) -> Iterator[None]:
     every adapter weight at each call, which a pass that skips the weights does not need and which made the
     switch cost 9-12 ms a step for the toy model's 102 layers on the CPU (1.5 ms now; SD1.5 has 264 layers).
     The LoRA weights stay trainable throughout."""
-    layers = [layer for module in modules for layer in tuner_layers(module)]
+    layers = [layer for module in modules for layer in lora_layers(module)]
     was_skipped = [layer.disable_adapters for layer in layers]
     try:
-        _skip(layers, True)
+        for layer in layers:
+            # peft's layers read `disable_adapters`, a property over this attribute (peft 0.21, pinned in
+            # requirements.txt); checked below so that a peft that renames it fails here, not silently
+            layer._disable_adapters = True
+        if layers and not layers[0].disable_adapters:
+            raise RuntimeError(
+                "this peft version no longer switches LoRA layers by `_disable_adapters`; "
+                "lib_trainer/train/prior.py:adapters_disabled needs updating for it"
+            )
         yield
     finally:
         for layer, skipped in zip(layers, was_skipped, strict=True):
             layer._disable_adapters = skipped
-
-
-def _skip(layers: list[torch.nn.Module], skipped: bool) -> None:
-    for layer in layers:
-        # peft's layers read `disable_adapters`, a property over this attribute (peft 0.21, pinned in
-        # requirements.txt); checked below so that a peft that renames it fails here, not silently
-        layer._disable_adapters = skipped
-    if layers and layers[0].disable_adapters is not skipped:
-        raise RuntimeError(
-            "this peft version no longer switches LoRA layers by `_disable_adapters`; "
-            "lib_trainer/train/prior.py:adapters_disabled needs updating for it"
-        )
 
 
 @contextlib.contextmanager
