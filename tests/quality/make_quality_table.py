@@ -44,6 +44,14 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
         f"default preset, {scores.SUBJECT_EPOCHS} epochs (the quality tests' plain subject LoRA)",
         scores.PLAIN_SUBJECT,
     ),
+    "preset+learn-trigger-long": (
+        "lora",
+        f"default preset, {scores.SUBJECT_EPOCHS} epochs, learnt trigger word (network.learn_trigger), no prior",
+        h.merge_sections(
+            scores.DEFAULT_PRESET,
+            {"dataset": {"trigger_word": tw.SUBJECT_TOKEN}, "network": {"learn_trigger": True}},
+        ),
+    ),
     "preset+learnt-prior-long": (
         "dreambooth-lora",
         f"default preset, {scores.SUBJECT_EPOCHS} epochs, prior 'trigger-off', learnt trigger word "
