@@ -181,10 +181,11 @@ _TABLE: dict[str, tuple[FieldSpec, ...]] = {
            minimum=0.0, maximum=0.99),
         _f("network.learn_trigger", "checkbox", "Learn the trigger word",
            "Also learns what the trigger word itself means (a textual-inversion embedding) and saves it "
-           "inside the LoRA file. Together with the prior \"trigger-off\" it ties the subject to the trigger "
-           "word; on its own it did not keep the subject out of other prompts in our tests. The WebUI "
-           "uses it whenever the LoRA is in the prompt. Needs a trigger word that your captions use. "
-           "Only for LoRAs (not the full fine-tune)."),
+           "inside the LoRA file. In our tests it made the trigger word bring the subject more reliably, "
+           "and together with the prior \"trigger-off\" it also keeps the subject away from the plain class "
+           "word. AUTOMATIC1111 uses it whenever the LoRA is in the prompt; Forge and reForge ignore it, and "
+           "there such a LoRA works a little worse than one trained without it. Needs a trigger word that "
+           "your captions use. Only for LoRAs (not the full fine-tune)."),
         _f("network.trigger_vectors", "int", "Trigger word vectors",
            "How many token slots the learnt trigger word takes in the prompt (of the 75). More can hold "
            "more detail; 1 or 2 is usual.",

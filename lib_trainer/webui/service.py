@@ -108,6 +108,21 @@ def _disk_note(spec: JobSpec) -> str | None:
     )
 
 
+_HOSTS_WITHOUT_BUNDLED_EMBEDDINGS = {"forge": "Forge", "reforge": "reForge"}
+"""Hosts whose LoRA loader ignores a LoRA file's bundled embeddings (`bundle_emb.*`), the keys
+network.learn_trigger saves the learnt trigger word in (docs/job-spec.md, "Learning the trigger word")."""
+
+
+def _bundled_embedding_note(host_name: str) -> str:
+    """Said when a job learns its trigger word on a host that will not use it: the LoRA trains on the learnt
+    word, so without it the trigger brings the subject less often than a LoRA trained with the option off."""
+    return (
+        f"Learn the trigger word is on, but {host_name} ignores the learnt word saved inside the LoRA file, "
+        "and there this LoRA will bring the subject less reliably than one trained with the option off. "
+        "AUTOMATIC1111 uses it. Turn the option off for a LoRA you will use in this WebUI."
+    )
+
+
 def _positive(value: Any) -> bool:
     """A spec value (not validated yet) that is a number above 0."""
     try:
@@ -192,6 +207,8 @@ class TrainerService:
         resolved = spec_to_dict(job)
         if mode == FULL_FINETUNE:
             notes += self._full_finetune_notes(resolved, job)
+        if job.network.learn_trigger and self.host.kind in _HOSTS_WITHOUT_BUNDLED_EMBEDDINGS:
+            notes.append(_bundled_embedding_note(_HOSTS_WITHOUT_BUNDLED_EMBEDDINGS[self.host.kind]))
         return resolved, notes
 
     @staticmethod

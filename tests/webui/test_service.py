@@ -140,6 +140,18 @@ def test_spec_gets_the_hosts_model_vae_type_and_lora_folder(world):
         service.prepare_spec(_spec(data))
 
 
+@pytest.mark.parametrize(("kind", "named"), [("forge", "Forge"), ("reforge", "reForge")])
+def test_a_learnt_trigger_word_on_forge_or_reforge_is_said_to_be_ignored_there(world, kind, named):
+    host, data, make = world
+    service = make()
+    learnt = {**_spec(data), "network": {"learn_trigger": True}}
+    assert service.prepare_spec(learnt)[1] == []  # another host (AUTOMATIC1111 reads them)
+    host.kind = kind
+    _, notes = service.prepare_spec(learnt)
+    assert len(notes) == 1 and f"{named} ignores the learnt word" in notes[0], notes
+    assert service.prepare_spec(_spec(data))[1] == []  # nothing to say without the option
+
+
 def test_taken_and_queued_names_are_never_reused(world):
     host, data, make = world
     service = make()
