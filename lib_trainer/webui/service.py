@@ -117,9 +117,9 @@ def _bundled_embedding_note(host_name: str) -> str:
     """Said when a job learns its trigger word on a host that will not use it: the LoRA trains on the learnt
     word, so without it the trigger brings the subject less often than a LoRA trained with the option off."""
     return (
-        f"Learn the trigger word is on, but {host_name} ignores the learnt word saved inside the LoRA file, "
-        "and there this LoRA will bring the subject less reliably than one trained with the option off. "
-        "AUTOMATIC1111 uses it. Turn the option off for a LoRA you will use in this WebUI."
+        f"Learn the trigger word (network.learn_trigger) is on, but {host_name} ignores the learnt word saved "
+        "inside the LoRA file (AUTOMATIC1111 uses it), so here this LoRA will bring the subject less reliably "
+        "than one trained with the option off. Turn the option off for a LoRA you will use in this WebUI."
     )
 
 
