@@ -24,6 +24,7 @@ from .judge import load_judge
 from .training_pool import TrainingPool
 
 _PRODIGY = {"optimizer": "Prodigy", "learning_rate": 1.0}
+_LEARNT_TRIGGER = {"dataset": {"trigger_word": tw.SUBJECT_TOKEN}, "network": {"learn_trigger": True}}
 VARIANTS: dict[str, tuple[str, str, dict]] = {
     # name: (mode, what it changes, spec sections on top of the job spec's defaults). The options are measured
     # on top of Prodigy, the setting that learns the subject within 800 steps here (see docs/quality.md).
@@ -47,10 +48,7 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
     "preset+learn-trigger-long": (
         "lora",
         f"default preset, {scores.SUBJECT_EPOCHS} epochs, learnt trigger word (network.learn_trigger), no prior",
-        h.merge_sections(
-            scores.DEFAULT_PRESET,
-            {"dataset": {"trigger_word": tw.SUBJECT_TOKEN}, "network": {"learn_trigger": True}},
-        ),
+        h.merge_sections(scores.DEFAULT_PRESET, _LEARNT_TRIGGER),
     ),
     "preset+learnt-prior-long": (
         "dreambooth-lora",
@@ -105,11 +103,7 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
     "prodigy+learn-trigger": (
         "lora",
         "Prodigy, learnt trigger word (network.learn_trigger), no prior",
-        {
-            "training": _PRODIGY,
-            "dataset": {"trigger_word": tw.SUBJECT_TOKEN},
-            "network": {"learn_trigger": True},
-        },
+        {**_LEARNT_TRIGGER, "training": _PRODIGY},
     ),
     "prodigy+trigger-off+learn-trigger": (
         "dreambooth-lora",
