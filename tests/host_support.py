@@ -149,8 +149,15 @@ def request(url: str, payload: dict[str, Any] | None = None, timeout: float = RE
     """GET (or POST `payload` as JSON) and decode the JSON answer; urllib keeps the test dependency-free."""
     data = None if payload is None else json.dumps(payload).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        # urllib's message is only "Not Found"; the host's answer says why. The body stays readable.
+        body = exc.read()
+        raise urllib.error.HTTPError(
+            url, exc.code, f"{exc.msg}: {body[:2000].decode(errors='replace')}", exc.headers, io.BytesIO(body)
+        ) from None
 
 
 def log_tail(log: Path, chars: int = 4000) -> str:
