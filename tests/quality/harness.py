@@ -210,10 +210,16 @@ def probe_sentence(colour: str, shape_words: str, background: str, style: bool =
     return f"{text}, in {tw.STYLE_PHRASE}" if style else text
 
 
+Draw = Callable[[Sequence[str], Sequence[int]], list]
+"""Pictures for prompts x seeds, prompt-major, drawn by something other than the trainer's sampling path (the
+real WebUI in tests/test_host_toy_model.py)."""
+
+
 def judged(
-    base: BaseModel, judge: Judge, probes: Sequence[Probe], seeds: Sequence[int]
+    base: BaseModel | Draw, judge: Judge, probes: Sequence[Probe], seeds: Sequence[int]
 ) -> list[list[Verdict]]:
-    pictures = draw_many(base, [p.prompt for p in probes], seeds)
+    prompts = [p.prompt for p in probes]
+    pictures = base(prompts, seeds) if callable(base) else draw_many(base, prompts, seeds)
     verdicts = judge.predict(pictures)
     return [verdicts[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(probes))]
 

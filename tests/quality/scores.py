@@ -80,7 +80,7 @@ class StyleScores:
 
 
 def score_model(
-    model: BaseModel, judge: Judge, *, subject_only: bool = False, with_style: bool = False
+    model: BaseModel | h.Draw, judge: Judge, *, subject_only: bool = False, with_style: bool = False
 ) -> Scores:
     s = Scores()
     trigger_probes = h.subject_probes(True)
