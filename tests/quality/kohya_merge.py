@@ -4,6 +4,12 @@ The WebUI's formula is W += up @ down * alpha / rank * strength, on modules name
 (the diffusers path with '.' -> '_' under `lora_unet_` / `lora_te_`, text encoders with a `text_model`
 level). Tests use this to judge a LoRA as it comes back from the file, and `attach_trainer_state` to get
 the model as the trainer held it, for comparison.
+
+The modules are found by their diffusers paths. The WebUI instead converts an SD1 name to its own block
+numbers assuming SD1's two ResNets per level; for every real SD1 checkpoint that is the same module
+(tests/test_host_lora_load.py: every key found), but the toy UNet has one per level, so the real WebUI
+cannot place a toy LoRA's down_blocks_1 / up_blocks modules (docs/quality.md, "The toy model in a real
+WebUI"). Here that is deliberate: the file, not the host's name arithmetic, is what is judged.
 """
 
 from __future__ import annotations

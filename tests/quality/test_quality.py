@@ -197,7 +197,7 @@ def test_style_lora_stays_off_without_its_trigger(style_scores):
 
 
 def test_exported_file_judges_like_the_trained_model(subject_lora, subject_scores, judge, tmp_path, training):
-    """The fp16 kohya file, merged as the WebUI merges it, draws what the trainer's in-memory LoRA drew."""
+    """The fp16 kohya file, merged by the WebUI's formula (kohya_merge.py), draws what the in-memory LoRA drew."""
     take_free_cores(training)
     base = h.load_toy_base()
     state = load_file(str(subject_lora.job_dir / "state" / "lora.safetensors"))
