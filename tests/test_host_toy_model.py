@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from host_support import Host, host_paths, request, start_webui, stop, wait_for_api
+from host_support import Host, host_paths, request, start_webui, stop, txt2img_payload, wait_for_api
 from PIL import Image
 
 pytestmark = pytest.mark.host
@@ -166,21 +166,14 @@ def webui_drawer(host: Host):
         pictures = []
         for prompt in prompts:
             payload = {
-                "prompt": prompt,
-                "negative_prompt": "",
+                **txt2img_payload(prompt),
                 "seed": seeds[0],
-                "subseed_strength": 0,
                 "sampler_name": "Euler a",
-                "scheduler": "Automatic",
                 "steps": h.SAMPLE_STEPS,
                 "cfg_scale": h.CFG_SCALE,
                 "width": h.IMAGE_SIZE,
                 "height": h.IMAGE_SIZE,
                 "batch_size": len(seeds),
-                "n_iter": 1,
-                "send_images": True,
-                "save_images": False,
-                "override_settings": {"live_previews_enable": False},
             }
             answer = request(f"{host.url}/sdapi/v1/txt2img", payload)
             assert json.loads(answer["info"])["all_seeds"] == list(seeds), answer["info"]
