@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import base_spec
-from quality.kohya_merge import apply_kohya, attach_trainer_state, diffusers_targets
+from quality.kohya_merge import attach_trainer_state, merged_base_model
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from lib_trainer.models.checkpoint_io import load_state_dict
-from lib_trainer.models.loader import build_unet, load_base_model
+from lib_trainer.models.loader import load_base_model
 from lib_trainer.spec import spec_from_dict
 from lib_trainer.train.events import read_events
 from lib_trainer.train.job import run_job
@@ -110,22 +109,7 @@ def test_exported_file_reproduces_trained_model(tmp_path, tiny_models, tiny_data
     lora = load_file(str(out / "t.safetensors"))
     assert all(lora[k].item() == 2.0 for k in lora if k.endswith(".alpha"))
 
-    merged = load_base_model(tiny_models[family])
-    te_prefixes = ["lora_te1_", "lora_te2_"] if family == "sdxl" else ["lora_te_"]
-    targets: dict[str, torch.Tensor] = {}
-    for prefix, encoder in zip(te_prefixes, merged.text_encoders, strict=True):
-        targets.update(diffusers_targets(encoder, prefix, add_text_model=True))
-    if family == "sdxl":
-        # SDXL names are LDM names: merge into the file's tensors, as the WebUI does, then convert.
-        file_state, _ = load_state_dict(tiny_models[family])
-        for key, value in file_state.items():
-            if key.startswith("model.diffusion_model.") and key.endswith(".weight"):
-                targets["lora_unet_" + key[22:-7].replace(".", "_")] = value
-        unmatched = apply_kohya(lora, targets, 1.0)
-        merged.unet = build_unet(file_state, merged.arch.unet_config)
-    else:
-        targets.update(diffusers_targets(merged.unet, "lora_unet_", add_text_model=False))
-        unmatched = apply_kohya(lora, targets, 1.0)
+    merged, unmatched = merged_base_model(tiny_models[family], lora)
     assert not unmatched
 
     torch.manual_seed(0)

@@ -76,7 +76,7 @@ def extract_lora(
     """The LoRA layers of a fine-tune (pass no encoders to leave the text encoders out)."""
     if rank < 1:
         raise ValueError(f"the rank must be at least 1, not {rank}")
-    layout = UNetLayout.from_config(unet_config) if family == "sdxl" else None
+    layout = UNetLayout.from_config(unet_config)
     jobs = [
         (p, b, t, unet_prefix_name(p, family, layout))
         for p, b, t in _pairs(base_unet, tuned_unet, UNET_TARGETS)

@@ -4,6 +4,12 @@ kohya names SD1/SD2 UNet modules by their diffusers path, but SDXL UNet modules 
 (`input_blocks_4_1_...`), because it trains SDXL with its own LDM-shaped UNet; text encoders use the
 transformers path with a `text_model` level. A key the host cannot match is silently ignored there, so the
 mapping is tested against the real architectures' module names.
+
+An SD1/SD2 UNet that is not numbered like SD's (a block-reduced distillation with one ResNet per level, the
+quality tests' toy model) also gets LDM paths: A1111 decodes a diffusers SD name with SD's fixed block
+arithmetic and would put its modules on the wrong blocks or drop them, while an LDM path it finds as it finds
+SDXL's (`lora_unet_` -> `diffusion_model_`), and so do Forge, reForge and ComfyUI, whose key maps list every
+`lora_unet_<LDM path>` of the loaded model.
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ from ..models.ldm_layout import UNetLayout, unet_module_to_ldm
 from ..train.lora import ADAPTER, lora_modules
 
 
-def unet_prefix_name(path: str, family: str, layout: UNetLayout | None) -> str:
-    if family == "sdxl":
-        if layout is None:
-            raise ValueError("SDXL names need the UNet layout")
+def uses_ldm_names(family: str, layout: UNetLayout) -> bool:
+    """SDXL always (kohya's convention); SD1/SD2 when the WebUI's SD block arithmetic would misplace them."""
+    return family == "sdxl" or not layout.has_sd_block_numbers
+
+
+def unet_prefix_name(path: str, family: str, layout: UNetLayout) -> str:
+    if uses_ldm_names(family, layout):
         path = unet_module_to_ldm(path, layout)
     return "lora_unet_" + path.replace(".", "_")
 
@@ -46,7 +55,7 @@ def kohya_module_names(
     """kohya name -> peft LoRA layer, for every trained layer of the given modules."""
     names: dict[str, object] = {}
     if unet is not None:
-        layout = UNetLayout.from_config(unet_config) if unet_config is not None else None
+        layout = UNetLayout.from_config(unet_config if unet_config is not None else dict(unet.config))
         for path, layer in lora_modules(unet).items():
             names[unet_prefix_name(path, family, layout)] = layer
     for index, encoder in enumerate(text_encoders):

@@ -2,9 +2,10 @@
 
 diffusers ships converters from the LDM layout to its own; the reverse direction is not in the package
 (only in loose scripts), yet we need it in three places: writing test checkpoints in the real layout,
-naming SDXL LoRA modules the way kohya and the WebUI expect (`input_blocks_4_1_...`), and, later, saving a
-full fine-tune as a WebUI checkpoint. The mapping is mechanical, so it lives here once, and the tests prove
-it by round-tripping through diffusers' own LDM -> diffusers converters.
+naming LoRA modules the way kohya and the WebUI expect for SDXL (`input_blocks_4_1_...`) and for UNets the
+WebUI cannot number otherwise, and saving a full fine-tune as a WebUI checkpoint. The mapping is
+mechanical, so it lives here once, and the tests prove it by round-tripping through diffusers' own
+LDM -> diffusers converters.
 """
 
 from __future__ import annotations
@@ -42,15 +43,28 @@ _UNET_RESNET = {
 
 @dataclass(frozen=True)
 class UNetLayout:
-    """The two facts of a UNet config that decide LDM block numbers."""
+    """The facts of a UNet config that decide LDM block numbers."""
 
     layers_per_block: int
     up_blocks_with_attention: frozenset[int]
+    up_blocks: int
 
     @classmethod
     def from_config(cls, config: dict) -> UNetLayout:
-        up_attn = frozenset(i for i, t in enumerate(config["up_block_types"]) if "CrossAttn" in t)
-        return cls(int(config["layers_per_block"]), up_attn)
+        types = config["up_block_types"]
+        up_attn = frozenset(i for i, t in enumerate(types) if "CrossAttn" in t)
+        return cls(int(config["layers_per_block"]), up_attn, len(types))
+
+    @property
+    def has_sd_block_numbers(self) -> bool:
+        """Whether this UNet is numbered like SD1/SD2's: two ResNets per level (three per up level) and
+        cross-attention in every up level but the first. A1111's Lora loader decodes diffusers-named SD1/SD2
+        LoRA modules with exactly that arithmetic (`convert_diffusers_name_to_compvis` in
+        extensions-builtin/Lora/networks.py, v1.10.1 lines 82-98), so on any other UNet (a block-reduced
+        distillation, a toy) it would put them on the wrong blocks or drop them without an error."""
+        return self.layers_per_block == 2 and self.up_blocks_with_attention == frozenset(
+            range(1, self.up_blocks)
+        )
 
 
 def unet_module_to_ldm(path: str, layout: UNetLayout) -> str:

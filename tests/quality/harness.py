@@ -29,7 +29,7 @@ from lib_trainer.webui.presets import BUILTIN_DIR, PresetStore, default_builtin,
 
 from . import toyworld as tw
 from .judge import Judge, Verdict
-from .kohya_merge import apply_kohya, diffusers_targets
+from .kohya_merge import merged_base_model
 from .toy_model import IMAGE_SIZE, TOY_MODEL_FILE
 
 SAMPLER = "euler_a"
@@ -144,28 +144,28 @@ def trained_lora(name: str, code: int, job_dir: Path) -> TrainedLora:
     return TrainedLora(saved[-1][2], saved, events, job_dir)
 
 
-def load_toy_base() -> BaseModel:
-    base = load_base_model(TOY_MODEL_FILE)
+def _ready(base: BaseModel) -> BaseModel:
     for module in (base.unet, base.vae, *base.text_encoders):
         module.float().eval()
     return base
 
 
+def load_toy_base() -> BaseModel:
+    return _ready(load_base_model(TOY_MODEL_FILE))
+
+
 def with_lora(lora_file: Path | None, strength: float = 1.0) -> BaseModel:
     """A fresh toy base with the file's LoRA merged in, as the WebUI applies it (a bundled trigger embedding
     included: the WebUI uses it whatever the strength); None: the base alone."""
-    base = load_toy_base()
     if lora_file is None:
-        return base
+        return load_toy_base()
     tensors = load_file(str(lora_file))
-    load_bundled(base, tensors)
-    tensors = {k: v for k, v in tensors.items() if not is_bundle_key(k)}
-    targets = diffusers_targets(base.unet, "lora_unet_", add_text_model=False)
-    targets.update(diffusers_targets(base.text_encoders[0], "lora_te_", add_text_model=True))
-    unmatched = apply_kohya(tensors, targets, strength)
+    lora = {k: v for k, v in tensors.items() if not is_bundle_key(k)}
+    base, unmatched = merged_base_model(TOY_MODEL_FILE, lora, strength)
     if unmatched:
         raise AssertionError(f"{lora_file.name}: modules the WebUI would not find: {sorted(unmatched)[:5]}")
-    return base
+    load_bundled(base, tensors)
+    return _ready(base)
 
 
 @torch.no_grad()
