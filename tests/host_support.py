@@ -112,6 +112,8 @@ class Host:
     url: str
     log: Path
     process: subprocess.Popen
+    log_start: int = 0
+    """The log's size when this process started (a restarted host appends to the same log)."""
 
 
 def free_port() -> int:
@@ -133,6 +135,7 @@ def start_webui(
     (its own process group). The caller must `stop()` it; `wait_for_api()` waits until it answers."""
     port = free_port()
     cmd = [str(python), "launch.py", *WEBUI_FLAGS, "--port", str(port), "--data-dir", str(data_dir), *args]
+    log_start = log.stat().st_size if log.exists() else 0
     with log.open("ab") as out:
         process = subprocess.Popen(
             cmd,
@@ -142,7 +145,7 @@ def start_webui(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return Host(f"http://127.0.0.1:{port}", log, process)
+    return Host(f"http://127.0.0.1:{port}", log, process, log_start)
 
 
 def request(url: str, payload: dict[str, Any] | None = None, timeout: float = REQUEST_TIMEOUT_S) -> Any:
@@ -164,9 +167,32 @@ def log_tail(log: Path, chars: int = 4000) -> str:
     return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
 
 
+STARTED_LINE = "Startup time:"
+"""What A1111 prints once its server is fully set up (webui.py, after `create_api`)."""
+
+
+def wait_for_startup(host: Host, deadline: float) -> None:
+    """Wait for STARTED_LINE in the host's log before sending it any request. A1111 v1.10 adds its API
+    middleware after the server is already answering, and starlette refuses that once a request has built the
+    app's middleware stack: a poll that lands in that window kills the WebUI at start ("Cannot add middleware
+    after an application has started"; it took 2 of 6 starts of one host run on this 2-core CPU)."""
+    while time.monotonic() < deadline:
+        if host.process.poll() is not None:
+            pytest.fail(f"WebUI exited with {host.process.returncode} while starting:\n{log_tail(host.log)}")
+        if host.log.exists():
+            with host.log.open("rb") as log:
+                log.seek(host.log_start)
+                if STARTED_LINE.encode() in log.read():
+                    return
+        time.sleep(1)
+    pytest.fail(f"WebUI did not finish starting (no {STARTED_LINE!r} in its log):\n{log_tail(host.log)}")
+
+
 def wait_for_api(host: Host, checkpoint: Path, timeout: float = START_TIMEOUT_S) -> None:
-    """Poll /sdapi/v1/sd-models until it lists `checkpoint`; fail early if the host process dies."""
+    """Poll /sdapi/v1/sd-models, once the host has started, until it lists `checkpoint`; fail early if the host
+    process dies."""
     deadline = time.monotonic() + timeout
+    wait_for_startup(host, deadline)
     while time.monotonic() < deadline:
         if host.process.poll() is not None:
             pytest.fail(f"WebUI exited with {host.process.returncode} while starting:\n{log_tail(host.log)}")

@@ -27,7 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from host_support import EXT_TRACE_WORDS, Host, host_paths, log_tail, start_webui, stop, tracebacks_mentioning
+from host_support import (
+    EXT_TRACE_WORDS,
+    Host,
+    host_paths,
+    log_tail,
+    start_webui,
+    stop,
+    tracebacks_mentioning,
+    wait_for_startup,
+)
 from PIL import Image
 
 pytestmark = pytest.mark.host
@@ -65,6 +74,7 @@ def _wait_for_api(host: Host, timeout: float = 360.0) -> None:
     import time
 
     deadline = time.monotonic() + timeout
+    wait_for_startup(host, deadline)
     while time.monotonic() < deadline:
         if host.process.poll() is not None:
             pytest.fail(f"WebUI exited while starting:\n{log_tail(host.log)}")
