@@ -168,14 +168,17 @@ def log_tail(log: Path, chars: int = 4000) -> str:
 
 
 STARTED_LINE = "Startup time:"
-"""What A1111 prints once its server is fully set up (webui.py, after `create_api`)."""
+"""What A1111 prints once its server is fully set up (webui.py, after `create_api` and after the
+`app_started` callbacks, where extensions such as ours add their routes)."""
 
 
 def wait_for_startup(host: Host, deadline: float) -> None:
     """Wait for STARTED_LINE in the host's log before sending it any request. A1111 v1.10 adds its API
     middleware after the server is already answering, and starlette refuses that once a request has built the
     app's middleware stack: a poll that lands in that window kills the WebUI at start ("Cannot add middleware
-    after an application has started"; it took 2 of 6 starts of one host run on this 2-core CPU)."""
+    after an application has started"; it took 2 of 6 starts of one host run on this 2-core CPU). And the
+    built-in API answers before the extensions' `app_started` callbacks have added their routes, so an answer
+    from /sdapi/v1/sd-models alone could be followed by a 404 from ours."""
     while time.monotonic() < deadline:
         if host.process.poll() is not None:
             pytest.fail(f"WebUI exited with {host.process.returncode} while starting:\n{log_tail(host.log)}")
