@@ -78,9 +78,9 @@ def test_exported_names_exist_in_full_size_architecture(family):
 
 def a1111_sd_unet_name(name: str) -> str | None:
     """The LDM module A1111 v1.10.1 finds for a diffusers-named SD1/SD2 UNet LoRA module, with '_' for '.'
-    as the WebUI compares them: the UNet rules of `convert_diffusers_name_to_compvis`
-    (extensions-builtin/Lora/networks.py lines 82-98) restated; None where no rule applies (the loader then
-    tries the name as an LDM path)."""
+    as the WebUI compares them: the UNet rules of `convert_diffusers_name_to_compvis` and its suffix table
+    (extensions-builtin/Lora/networks.py lines 43-53 and 82-98) restated; None where no rule applies (the
+    loader then tries the name as an LDM path)."""
     suffixes = {
         "attentions": {},
         "resnets": {"conv1": "in_layers_2", "conv2": "out_layers_3", "norm1": "in_layers_0",
